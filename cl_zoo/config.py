@@ -1,0 +1,152 @@
+"""The frozen configuration of a run, and the defaults of each method.
+
+Defaults come in three layers, later ones winning: the generic values of
+`RunConfig`, the benchmark's protocol (`BENCHMARK_DEFAULTS`, from the papers
+that use it), then the method's own settings for that benchmark
+(`ContinualModel.default_config(benchmark)`); whatever the user sets on the
+command line wins over all three. `resolve_config` applies them and checks
+every value, so a bad setting ends the run before any training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+STRATEGIES = ("default", "mirrored", "multi_worker_mirrored")
+OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Every setting of a continual-learning run."""
+
+    method: str = "ewc"
+    benchmark: str = "split_mnist"
+    model_dir: str = ""
+    epochs: int = 1
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    seed: int = 0
+    num_tasks: int | None = None
+    head: str = "single"
+    hidden_units: tuple[int, ...] = (100, 100)
+    architecture: str = "mlp"
+    activation: str = "relu"
+    data_dir: str | None = None
+    strategy: str = "default"
+    num_cpu_devices: int = 1
+    # Consolidation.
+    consolidation: str = "none"
+    ewc_lambda: float = 100.0
+    fisher_samples: int = 1024
+    fisher_mode: str = "empirical"
+    ewc_gamma: float = 1.0
+    # Evaluation and outputs.
+    eval_batch_size: int = 1000
+    export: bool = True
+    verbose: int = 1
+    overwrite: bool = False
+
+    def to_dict(self):
+        out = dataclasses.asdict(self)
+        out["hidden_units"] = list(self.hidden_units)
+        return out
+
+    def to_json(self):
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+# The protocols of the papers. split_mnist: BPN (5x300, 5 epochs per task);
+# permuted_mnist: BPN's 100-task experiment (4x128); disjoint_mnist: AMN
+# (5-layer MLP, 20 epochs per task).
+BENCHMARK_DEFAULTS = {
+    "split_mnist": {"hidden_units": (300,) * 5, "epochs": 5},
+    "disjoint_mnist": {"hidden_units": (300,) * 5, "epochs": 20},
+    "permuted_mnist": {"hidden_units": (128,) * 4, "epochs": 1},
+    "class_incremental_mnist": {"hidden_units": (300,) * 5, "epochs": 5},
+    "gaussian_clusters": {
+        "hidden_units": (64, 64),
+        "epochs": 20,
+        "batch_size": 32,
+    },
+    "split_cifar10": {"hidden_units": (300,) * 5, "epochs": 5},
+    "split_cifar100": {"hidden_units": (300,) * 5, "epochs": 5},
+    "disjoint_cifar10": {"architecture": "lenet", "hidden_units": (300,) * 3,
+                         "epochs": 20},
+    "class_incremental_svhn": {"hidden_units": (300,) * 5, "epochs": 5},
+    "class_incremental_cifar10": {"hidden_units": (300,) * 5, "epochs": 5},
+}
+
+_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+
+
+def _check(config: RunConfig):
+    def fail(name, value, allowed):
+        raise ConfigError(
+            f"--{name}={value} is not allowed: expected {allowed}."
+        )
+
+    for name in ("epochs", "batch_size", "num_cpu_devices",
+                 "fisher_samples", "eval_batch_size"):
+        value = getattr(config, name)
+        if not isinstance(value, int) or value < 1:
+            fail(name, value, "a positive integer")
+    if config.num_tasks is not None and config.num_tasks < 1:
+        fail("num_tasks", config.num_tasks, "a positive integer")
+    if not (math.isfinite(config.lr) and config.lr > 0):
+        fail("lr", config.lr, "a positive finite number")
+    if not (math.isfinite(config.ewc_lambda) and config.ewc_lambda >= 0):
+        fail("ewc_lambda", config.ewc_lambda, "a non-negative number")
+    if not 0.0 <= config.ewc_gamma <= 1.0:
+        fail("ewc_gamma", config.ewc_gamma, "a number in [0, 1]")
+    if config.optimizer not in OPTIMIZERS:
+        fail("optimizer", config.optimizer, f"one of {', '.join(OPTIMIZERS)}")
+    if config.strategy not in STRATEGIES:
+        fail("strategy", config.strategy, f"one of {', '.join(STRATEGIES)}")
+    if config.head not in ("single", "multi"):
+        fail("head", config.head, "single or multi")
+    if config.architecture not in ("mlp", "lenet"):
+        fail("architecture", config.architecture, "mlp or lenet")
+    if config.fisher_mode not in ("empirical", "true", "expected"):
+        fail("fisher_mode", config.fisher_mode, "empirical, true or expected")
+    if not config.hidden_units or min(config.hidden_units) < 1:
+        fail("hidden_units", ",".join(map(str, config.hidden_units)),
+             "a comma-separated list of positive integers")
+    if config.strategy == "default" and config.num_cpu_devices > 1:
+        raise ConfigError(
+            "--num_cpu_devices > 1 needs --strategy=mirrored (or "
+            "multi_worker_mirrored) to use the extra devices."
+        )
+
+
+def resolve_config(method_cls, benchmark: str, overrides: dict) -> RunConfig:
+    """Layers the defaults and the user's values into a checked RunConfig.
+
+    Args:
+        method_cls: the registered model class of the method.
+        benchmark: benchmark name.
+        overrides: values the user set (`None` values are ignored).
+    """
+    values = {}
+    values.update(BENCHMARK_DEFAULTS.get(benchmark, {}))
+    values.update(method_cls.default_config(benchmark))
+    for key, value in overrides.items():
+        if value is not None:
+            values[key] = value
+    values["benchmark"] = benchmark
+    values["method"] = method_cls.method_name
+    unknown = set(values) - set(_FIELDS)
+    if unknown:
+        raise ConfigError(f"Unknown settings: {', '.join(sorted(unknown))}.")
+    if "hidden_units" in values:
+        values["hidden_units"] = tuple(int(u) for u in values["hidden_units"])
+    config = RunConfig(**values)
+    _check(config)
+    return config

@@ -1,0 +1,88 @@
+"""Consolidation: a penalty plus the state it needs, accumulated over tasks."""
+
+from __future__ import annotations
+
+import abc
+
+import keras
+
+from cl_zoo.consolidation.penalties import quadratic_penalty
+
+
+class Consolidation(abc.ABC):
+    """Protects what earlier tasks learned with a penalty on the parameters.
+
+    Subclasses hold per-parameter state (`keras.Variable`s, not trainable),
+    created by `build` for the model's shared variables, and update it in
+    eager code between fits (`end_task`), which writes every replica's copy
+    under `tf.distribute`. `penalty(model)` is traced into the train step.
+
+    Args:
+        strength: the penalty's weight (lambda).
+    """
+
+    name = "consolidation"
+
+    def __init__(self, strength):
+        if strength < 0:
+            raise ValueError(
+                "Expected a non-negative consolidation strength. "
+                f"Received: strength={strength}"
+            )
+        self.strength = float(strength)
+        self.built = False
+        self.state = {}
+
+    def build(self, model):
+        """Creates the state for `model.shared_trainable_variables()`."""
+        self.params = model.shared_trainable_variables()
+        self.built = True
+
+    def add_state(self, key, like, initializer="zeros"):
+        """One non-trainable variable per parameter, shaped like it."""
+        variables = [
+            keras.Variable(
+                initializer=initializer,
+                shape=p.shape,
+                dtype="float32",
+                trainable=False,
+                name=f"{key}_{i}",
+            )
+            for i, p in enumerate(like)
+        ]
+        self.state[key] = variables
+        return variables
+
+    def state_variables(self):
+        return [v for vs in self.state.values() for v in vs]
+
+    @abc.abstractmethod
+    def penalty(self, model):
+        """The penalty for the current parameters, a float32 scalar."""
+
+    def begin_task(self, model, task, benchmark):
+        """Called before `task` trains (online estimates reset here)."""
+        if not self.built:
+            self.build(model)
+
+    def end_task(self, model, task, benchmark):
+        """Called after `task` trained: update importances and anchors."""
+        if not self.built:
+            self.build(model)
+
+    def config(self):
+        return {"name": self.name, "strength": self.strength}
+
+
+class QuadraticConsolidation(Consolidation):
+    """`strength / 2 * sum importance * (param - anchor)^2`."""
+
+    def build(self, model):
+        super().build(model)
+        self.importance = self.add_state("importance", self.params)
+        self.anchor = self.add_state("anchor", self.params)
+
+    def penalty(self, model):
+        return 0.5 * self.strength * quadratic_penalty(
+            self.params, self.anchor, self.importance
+        )

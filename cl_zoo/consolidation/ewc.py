@@ -1,0 +1,109 @@
+"""Elastic weight consolidation (Kirkpatrick et al., 2017), offline and online.
+
+Offline EWC adds one penalty per finished task,
+`lambda/2 * sum_t F_t (p - p_t)^2`. A sum of quadratics is one quadratic plus
+a constant, so the state is a single importance `sum_t F_t` and a single
+Fisher-weighted anchor (`merge_quadratic`): the gradient is exact and the
+memory does not grow with the number of tasks. Online EWC (Schwarz et al.,
+2018) keeps `gamma * F + F_t` anchored at the latest parameters.
+"""
+
+from __future__ import annotations
+
+from cl_zoo.consolidation import fisher as fisher_lib
+from cl_zoo.consolidation.base import QuadraticConsolidation
+from cl_zoo.consolidation.penalties import merge_quadratic
+
+
+class EWC(QuadraticConsolidation):
+    """EWC's penalty with a diagonal Fisher from per-example gradients.
+
+    Args:
+        strength: lambda.
+        fisher_samples: training examples of each task used for its Fisher.
+        fisher_mode: `"empirical"`, `"true"` or `"expected"` (see
+            `cl_zoo.consolidation.fisher`).
+        online: online EWC (decayed running Fisher, latest anchor).
+        gamma: online EWC's decay of the old Fisher.
+        chunk_size: examples per vectorized per-example-gradient chunk.
+        seed: seed of the Fisher's data order and label sampling.
+    """
+
+    name = "ewc"
+
+    def __init__(
+        self,
+        strength,
+        fisher_samples=1024,
+        fisher_mode="empirical",
+        online=False,
+        gamma=1.0,
+        chunk_size=128,
+        seed=0,
+    ):
+        super().__init__(strength)
+        if fisher_mode not in fisher_lib.FISHER_MODES:
+            raise ValueError(
+                f"Expected `fisher_mode` in {fisher_lib.FISHER_MODES}. "
+                f"Received: fisher_mode={fisher_mode!r}"
+            )
+        if fisher_samples < 1:
+            raise ValueError(
+                "Expected a positive `fisher_samples`. "
+                f"Received: fisher_samples={fisher_samples}"
+            )
+        if not 0.0 <= gamma <= 1.0:
+            raise ValueError(
+                f"Expected 0 <= gamma <= 1. Received: gamma={gamma}"
+            )
+        self.fisher_samples = int(fisher_samples)
+        self.fisher_mode = fisher_mode
+        self.online = bool(online)
+        self.gamma = float(gamma)
+        self.chunk_size = int(chunk_size)
+        self.seed = int(seed)
+        if online:
+            self.name = "online_ewc"
+
+    def fisher(self, model, task, benchmark):
+        dataset = benchmark.train_dataset(
+            task,
+            self.chunk_size,
+            head=model.head_mode,
+            seed=self.seed + 7919 * (task + 1),
+            drop_remainder=False,
+            with_task_id=True,
+        )
+        return fisher_lib.diagonal_fisher(
+            model,
+            self.params,
+            dataset,
+            self.fisher_samples,
+            mode=self.fisher_mode,
+            seed=self.seed + task,
+        )
+
+    def end_task(self, model, task, benchmark):
+        super().end_task(model, task, benchmark)
+        fishers = self.fisher(model, task, benchmark)
+        for imp, anchor, param, f in zip(
+            self.importance, self.anchor, self.params, fishers
+        ):
+            if self.online:
+                imp.assign(self.gamma * imp + f)
+                anchor.assign(param)
+            else:
+                merged, center = merge_quadratic(
+                    imp, anchor, f, param.value
+                )
+                imp.assign(merged)
+                anchor.assign(center)
+
+    def config(self):
+        return {
+            **super().config(),
+            "fisher_samples": self.fisher_samples,
+            "fisher_mode": self.fisher_mode,
+            "online": self.online,
+            "gamma": self.gamma,
+        }

@@ -1,0 +1,140 @@
+"""Output heads: one shared head, or one head per task."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+# Logit given to the padding classes of a task with fewer classes than the
+# widest task: far below any real logit, finite so that softmax stays exact.
+_MASKED_LOGIT = -1e9
+
+HEAD_MODES = ("single", "multi")
+
+
+@keras.saving.register_keras_serializable(package="cl_zoo")
+class TaskHead(keras.layers.Layer):
+    """Classification head, shared by all tasks or one per task.
+
+    With `mode="single"` the head is a dense layer over every class of the
+    benchmark and ignores the task. With `mode="multi"` it holds one dense head
+    per task, padded to the widest task; each example reads the head of its
+    task and the padding classes of narrower tasks get a logit of -1e9, so
+    shapes never depend on the task and switching tasks does not retrace.
+
+    Args:
+        mode: `"single"` or `"multi"`.
+        num_classes: width of the single head (every class of the benchmark).
+        task_sizes: number of classes of each task (multi-head only needs it;
+            its length is the number of tasks).
+        kernel_initializer: initializer of the head weights.
+
+    Call arguments:
+        inputs: features of shape `(batch, features)`.
+        task_ids: int32 task id per example, shape `(batch,)`.
+
+    Input shape:
+        `(batch, features)`.
+
+    Output shape:
+        `(batch, num_classes)` for one head, `(batch, max(task_sizes))` for
+        one head per task.
+    """
+
+    task_conditioned = True
+
+    def __init__(
+        self,
+        mode,
+        num_classes,
+        task_sizes,
+        kernel_initializer="glorot_uniform",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if mode not in HEAD_MODES:
+            raise ValueError(
+                f"Expected `mode` in {HEAD_MODES}. Received: mode={mode!r}"
+            )
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(
+                "Expected a positive integer for `num_classes`. "
+                f"Received: num_classes={num_classes}"
+            )
+        task_sizes = [int(s) for s in task_sizes]
+        if not task_sizes or min(task_sizes) < 1:
+            raise ValueError(
+                "Expected a non-empty list of positive task sizes. "
+                f"Received: task_sizes={task_sizes}"
+            )
+        self.mode = mode
+        self.num_classes = num_classes
+        self.task_sizes = task_sizes
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+    @property
+    def num_tasks(self):
+        return len(self.task_sizes)
+
+    @property
+    def output_width(self):
+        if self.mode == "single":
+            return self.num_classes
+        return max(self.task_sizes)
+
+    def build(self, input_shape):
+        features = input_shape[-1]
+        heads = 1 if self.mode == "single" else self.num_tasks
+        width = self.output_width
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(features, heads * width),
+            initializer=self.kernel_initializer,
+        )
+        self.bias = self.add_weight(
+            name="bias", shape=(heads * width,), initializer="zeros"
+        )
+        if self.mode == "multi":
+            valid = [
+                [1.0 if c < size else 0.0 for c in range(width)]
+                for size in self.task_sizes
+            ]
+            self.class_mask = self.add_weight(
+                name="class_mask",
+                shape=(self.num_tasks, width),
+                initializer=keras.initializers.Constant(valid),
+                trainable=False,
+            )
+
+    def call(self, inputs, task_ids):
+        logits = ops.matmul(inputs, self.kernel) + self.bias
+        if self.mode == "single":
+            return logits
+        width = self.output_width
+        logits = ops.reshape(logits, (-1, self.num_tasks, width))
+        task_ids = ops.cast(task_ids, "int32")
+        select = ops.one_hot(task_ids, self.num_tasks, dtype=logits.dtype)
+        logits = ops.einsum("btw,bt->bw", logits, select)
+        mask = ops.take(self.class_mask, task_ids, axis=0)
+        return ops.where(mask > 0, logits, _MASKED_LOGIT)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.output_width)
+
+    def per_task_bytes(self):
+        """Bytes one more task adds to this head (0 for a shared head)."""
+        if self.mode == "single":
+            return 0
+        features = self.kernel.shape[0]
+        return 4 * (features + 1) * self.output_width
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "mode": self.mode,
+            "num_classes": self.num_classes,
+            "task_sizes": list(self.task_sizes),
+            "kernel_initializer": keras.initializers.serialize(
+                self.kernel_initializer
+            ),
+        }

@@ -1,0 +1,25 @@
+"""Continual-learning methods, one module each, registered by contract name."""
+
+from cl_zoo.methods import (  # noqa: F401  (imported to register)
+    ewc,
+    finetune,
+    joint,
+    sgd,
+    sgd_freeze,
+    stl,
+)
+from cl_zoo.methods.base import ContinualModel
+from cl_zoo.methods.registry import (
+    UnknownMethodError,
+    get_method,
+    method_names,
+    register,
+)
+
+__all__ = [
+    "ContinualModel",
+    "UnknownMethodError",
+    "get_method",
+    "method_names",
+    "register",
+]

@@ -1,0 +1,370 @@
+"""The continual learner every method of the zoo extends.
+
+`ContinualModel` is a `keras.Model` with:
+
+- an active task held in a `keras.Variable` (`model.task`), so that
+  `model.task.assign(t)` between fits switches task without retracing; inputs
+  may also carry a task id per example (`{"x": x, "task": ids}`);
+- a backbone (an MLP, or LeNet's conv/pool stack followed by dense layers)
+  whose layers are made by `make_hidden_layer`, which methods override to put
+  in their own layers (bias units, memory units...);
+- a head shared by all tasks (`head="single"`) or one per task (`"multi"`);
+- begin-task / end-task hooks (`begin_task`, `end_task`) for what a method
+  does between tasks (consolidation state, freezing, new tables);
+- a place for consolidation penalties (`compute_loss`, through a pluggable
+  `Consolidation` object) and one for gradient rules (`transform_gradients`,
+  between `tape.gradient` and `optimizer.apply` in `train_step`).
+
+Users call `model.fit` task after task:
+
+    model.begin_task(0, benchmark)
+    model.fit(benchmark.train_dataset(0, 128), epochs=5)
+    model.end_task(0, benchmark)
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from cl_zoo.layers.heads import HEAD_MODES, TaskHead
+
+ARCHITECTURES = ("mlp", "lenet")
+
+
+def _positive_int(name, value):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(
+            f"Expected a positive integer for `{name}`. "
+            f"Received: {name}={value!r}"
+        )
+
+
+@keras.saving.register_keras_serializable(package="cl_zoo")
+class ContinualModel(keras.Model):
+    """A classifier trained on a sequence of tasks.
+
+    Args:
+        input_shape: shape of one example, e.g. `(28, 28, 1)`.
+        num_classes: classes of the whole benchmark (the single head's width).
+        task_classes: global class ids of each task; its length is the
+            number of tasks.
+        head: `"single"` (one head over all classes; labels are global class
+            ids) or `"multi"` (one head per task; labels index
+            `task_classes[t]`).
+        hidden_units: widths of the dense hidden layers.
+        architecture: `"mlp"`, or `"lenet"` (two conv/pool blocks before the
+            dense layers).
+        activation: activation of the hidden layers.
+        consolidation: optional `Consolidation` whose penalty is added to the
+            loss during training. Not serialized: it is training state.
+
+    Call arguments:
+        inputs: a batch of examples, or a dict `{"x": batch, "task": ids}`
+            with an int32 task id per example (or one for the whole batch).
+            Without ids the batch belongs to `model.task`.
+        training: whether the call is part of a training step.
+    """
+
+    method_name = "base"
+
+    @classmethod
+    def default_config(cls, benchmark):
+        """This method's settings for `benchmark` (RunConfig field values)."""
+        del benchmark
+        return {}
+
+    @classmethod
+    def from_run_config(cls, config, benchmark):
+        """Builds the model a run of `config` trains on `benchmark`."""
+        from cl_zoo.consolidation.registry import make_consolidation
+
+        return cls(
+            input_shape=benchmark.input_shape,
+            num_classes=benchmark.num_classes,
+            task_classes=benchmark.task_classes,
+            head=config.head,
+            hidden_units=config.hidden_units,
+            architecture=config.architecture,
+            activation=config.activation,
+            consolidation=make_consolidation(config.consolidation, config),
+            name=cls.method_name,
+        )
+
+    def __init__(
+        self,
+        input_shape,
+        num_classes,
+        task_classes,
+        head="single",
+        hidden_units=(100, 100),
+        architecture="mlp",
+        activation="relu",
+        consolidation=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.example_shape = tuple(int(d) for d in input_shape)
+        _positive_int("num_classes", num_classes)
+        self.task_classes = [[int(c) for c in cls] for cls in task_classes]
+        if not self.task_classes or not all(self.task_classes):
+            raise ValueError(
+                "Expected a non-empty list of non-empty class lists for "
+                f"`task_classes`. Received: task_classes={task_classes!r}"
+            )
+        if head not in HEAD_MODES:
+            raise ValueError(
+                f"Expected `head` in {HEAD_MODES}. Received: head={head!r}"
+            )
+        if architecture not in ARCHITECTURES:
+            raise ValueError(
+                f"Expected `architecture` in {ARCHITECTURES}. "
+                f"Received: architecture={architecture!r}"
+            )
+        hidden_units = tuple(int(u) for u in hidden_units)
+        for units in hidden_units:
+            _positive_int("hidden_units", units)
+        self.num_classes = int(num_classes)
+        self.head_mode = head
+        self.hidden_units = hidden_units
+        self.architecture = architecture
+        self.activation = activation
+        self.consolidation = consolidation
+
+        self.task = keras.Variable(
+            0, dtype="int32", trainable=False, name="task"
+        )
+        self.feature_layers = self.make_feature_layers()
+        self.hidden_layers = [
+            self.make_hidden_layer(units, index)
+            for index, units in enumerate(hidden_units)
+        ]
+        self.head = self.make_head()
+        self._penalty_tracker = keras.metrics.Mean(name="penalty")
+
+    # ------------------------------------------------------------------
+    # Construction hooks for methods.
+    @property
+    def num_tasks(self):
+        return len(self.task_classes)
+
+    def make_feature_layers(self):
+        """Layers before the dense stack (LeNet's conv/pool blocks)."""
+        if self.architecture == "mlp":
+            return [keras.layers.Flatten(name="flatten")]
+        return [
+            keras.layers.Conv2D(20, 5, activation="relu", name="conv1"),
+            keras.layers.MaxPooling2D(2, name="pool1"),
+            keras.layers.Conv2D(50, 5, activation="relu", name="conv2"),
+            keras.layers.MaxPooling2D(2, name="pool2"),
+            keras.layers.Flatten(name="flatten"),
+        ]
+
+    def make_hidden_layer(self, units, index):
+        """The `index`-th dense hidden layer; methods override this."""
+        return keras.layers.Dense(
+            units, activation=self.activation, name=f"dense_{index}"
+        )
+
+    def make_head(self):
+        return TaskHead(
+            self.head_mode,
+            self.num_classes,
+            [len(c) for c in self.task_classes],
+            name="head",
+        )
+
+    # ------------------------------------------------------------------
+    # Forward pass.
+    def unpack_inputs(self, inputs):
+        """Returns `(x, task_ids)` with one int32 task id per example."""
+        if isinstance(inputs, dict):
+            unknown = set(inputs) - {"x", "task"}
+            if "x" not in inputs or unknown:
+                raise ValueError(
+                    "Expected inputs as a tensor or a dict with keys 'x' and "
+                    f"optionally 'task'. Received keys: {sorted(inputs)}"
+                )
+            x, task = inputs["x"], inputs.get("task")
+        else:
+            x, task = inputs, None
+        x = ops.convert_to_tensor(x)
+        if tuple(x.shape[1:]) != self.example_shape:
+            raise ValueError(
+                f"Expected inputs of shape (batch, "
+                f"{', '.join(map(str, self.example_shape))}) for this model. "
+                f"Received: shape={tuple(x.shape)}"
+            )
+        if x.dtype != "float32":
+            x = ops.cast(x, "float32")
+        if task is None:
+            task = self.task
+        task = ops.cast(task, "int32")
+        task_ids = ops.broadcast_to(task, (ops.shape(x)[0],))
+        return x, task_ids
+
+    def call(self, inputs, training=False):
+        x, task_ids = self.unpack_inputs(inputs)
+        h = x
+        for layer in self.feature_layers:
+            h = layer(h, training=training)
+        for layer in self.hidden_layers:
+            if getattr(layer, "task_conditioned", False):
+                h = layer(h, task_ids, training=training)
+            else:
+                h = layer(h, training=training)
+        return self.head(h, task_ids)
+
+    def build_for_inputs(self):
+        """Creates every weight with a dummy batch of the expected shape."""
+        self(ops.zeros((1, *self.example_shape)))
+
+    # ------------------------------------------------------------------
+    # Training.
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        loss = super().compute_loss(
+            x=x,
+            y=y,
+            y_pred=y_pred,
+            sample_weight=sample_weight,
+            training=training,
+        )
+        if training and self.consolidation is not None:
+            penalty = self.consolidation.penalty(self)
+            self._penalty_tracker.update_state(penalty)
+            # Keras divides compiled losses by the replica count before the
+            # gradients are summed across replicas; a penalty added by hand
+            # must be divided too, or it counts once per replica.
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            loss = loss + ops.cast(penalty, loss.dtype) / replicas
+        return loss
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            loss = self._compute_loss(
+                x=x,
+                y=y,
+                y_pred=y_pred,
+                sample_weight=sample_weight,
+                training=True,
+            )
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            self._loss_tracker.update_state(
+                loss * replicas,
+                sample_weight=tf.shape(tf.nest.flatten(x)[0])[0],
+            )
+            scaled = self.optimizer.scale_loss(loss)
+        variables = self.trainable_variables
+        grads = tape.gradient(scaled, variables)
+        grads = self.transform_gradients(grads, variables)
+        self.optimizer.apply(grads, variables)
+        self.after_apply(grads, variables)
+        logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        if self.consolidation is not None:
+            logs["penalty"] = self._penalty_tracker.result()
+        return logs
+
+    def transform_gradients(self, grads, variables):
+        """Gradient rules between `tape.gradient` and `optimizer.apply`.
+
+        Runs in replica context: a rule that is not linear in the gradient
+        (a sign, a clip) must all-reduce first (`cross_replica_sum`).
+        """
+        return [
+            g if g is not None else ops.zeros_like(v)
+            for g, v in zip(grads, variables)
+        ]
+
+    def after_apply(self, grads, variables):
+        """Runs after the optimizer step (online importance estimates)."""
+
+    @property
+    def metrics(self):
+        metrics = super().metrics
+        if self.consolidation is not None:
+            metrics = [*metrics, self._penalty_tracker]
+        return metrics
+
+    # ------------------------------------------------------------------
+    # Task hooks.
+    def begin_task(self, task, benchmark=None):
+        """Called before training `task`: activates it, resets the optimizer.
+
+        Optimizer slots (momentum, Adam moments) are zeroed so that one
+        task's statistics do not push another task's parameters; the number
+        of iterations is kept.
+        """
+        self._check_task(task)
+        self.task.assign(task)
+        if self.optimizer is not None and self.optimizer.built:
+            keep = {id(self.optimizer.iterations)}
+            lr = getattr(self.optimizer, "_learning_rate", None)
+            if isinstance(lr, keras.Variable):
+                keep.add(id(lr))
+            for var in self.optimizer.variables:
+                if id(var) not in keep:
+                    var.assign(ops.zeros_like(var))
+        if self.consolidation is not None:
+            self.consolidation.begin_task(self, task, benchmark)
+
+    def end_task(self, task, benchmark=None):
+        """Called after training `task`: updates consolidation state."""
+        self._check_task(task)
+        if self.consolidation is not None:
+            self.consolidation.end_task(self, task, benchmark)
+
+    def train_dataset(self, task, benchmark, batch_size, seed=0):
+        """The data the method trains on while learning `task`."""
+        return benchmark.train_dataset(
+            task, batch_size, head=self.head_mode, seed=seed
+        )
+
+    def _check_task(self, task):
+        if not 0 <= int(task) < self.num_tasks:
+            raise IndexError(
+                f"Task {task} is out of range: this model has "
+                f"{self.num_tasks} tasks (0 <= task < {self.num_tasks})."
+            )
+
+    # ------------------------------------------------------------------
+    # Introspection.
+    def shared_trainable_variables(self):
+        """Trainable variables a consolidation penalty protects."""
+        return list(self.trainable_variables)
+
+    def storage_bytes_per_task(self):
+        """Bytes of parameters that one more task adds to the model."""
+        total = 0
+        for layer in [*self.hidden_layers, self.head]:
+            if hasattr(layer, "per_task_bytes"):
+                total += layer.per_task_bytes()
+        return total
+
+    def inference_variables(self):
+        """Every variable inference reads (exported SavedModels hold these)."""
+        return list(self.variables)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "input_shape": list(self.example_shape),
+            "num_classes": self.num_classes,
+            "task_classes": self.task_classes,
+            "head": self.head_mode,
+            "hidden_units": list(self.hidden_units),
+            "architecture": self.architecture,
+            "activation": self.activation,
+        }
+
+
+def cross_replica_sum(value):
+    """Sums `value` over replicas (identity outside a strategy)."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return value
+    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, value)

@@ -1,0 +1,65 @@
+"""PNG plots of a run: accuracy matrix heatmap, accuracy curves."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _png(fig):
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def accuracy_matrix_png(matrix, num_tasks, title=""):
+    """Heatmap of R[i][j] (rows: after task i; columns: task j) as PNG bytes.
+
+    Rows not trained yet are left blank.
+    """
+    grid = np.full((num_tasks, num_tasks), np.nan)
+    for i, row in enumerate(matrix):
+        grid[i, : len(row)] = row
+    size = min(2 + 0.6 * num_tasks, 14)
+    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    image = ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis")
+    fig.colorbar(image, ax=ax, label="test accuracy")
+    ax.set_xlabel("evaluated on task j")
+    ax.set_ylabel("after training task i")
+    if num_tasks <= 20:
+        ticks = range(num_tasks)
+        ax.set_xticks(ticks, [str(t + 1) for t in ticks])
+        ax.set_yticks(ticks, [str(t + 1) for t in ticks])
+        for i in range(num_tasks):
+            for j in range(num_tasks):
+                if np.isfinite(grid[i, j]):
+                    ax.text(
+                        j, i, f"{grid[i, j]:.2f}", ha="center", va="center",
+                        color="white" if grid[i, j] < 0.6 else "black",
+                        fontsize=8,
+                    )
+    ax.set_title(title or "accuracy matrix")
+    return _png(fig)
+
+
+def curve_png(values, title="", ylabel="mean accuracy over tasks seen"):
+    """Line plot of one curve, or several (a dict name -> values)."""
+    series = values if isinstance(values, dict) else {title or "run": values}
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, ys in series.items():
+        xs = np.arange(1, len(ys) + 1)
+        ax.plot(xs, ys, marker="o" if len(ys) <= 20 else None, label=name)
+    ax.set_xlabel("tasks trained")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0.0, 1.02)
+    ax.grid(alpha=0.3)
+    if len(series) > 1:
+        ax.legend()
+    ax.set_title(title)
+    return _png(fig)

@@ -1,0 +1,518 @@
+"""Runs a method over a benchmark's task sequence: the library behind
+`python -m trainers.train`.
+
+A run trains tasks 0..T-1 in turn with `model.fit`, evaluates every task's
+test split after each task (and once before any training), and leaves in
+`model_dir`: `results.json`, `config.json`, TensorBoard `summaries/`,
+`export/task_<t>/` and `export/all_tasks/` SavedModels, and PNG plots.
+
+It checkpoints after every epoch; started again on the same `model_dir`, an
+unfinished run resumes from its last completed epoch, and a finished one is
+refused unless `overwrite=True`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from cl_zoo import benchmarks as benchmarks_lib
+from cl_zoo import export as export_lib
+from cl_zoo import metrics as metrics_lib
+from cl_zoo import plots
+from cl_zoo.config import ConfigError, RunConfig
+from cl_zoo.methods import get_method
+
+PROGRESS_FILE = "progress.json"
+RESULTS_FILE = "results.json"
+
+
+class RunStateError(RuntimeError):
+    """The model_dir holds a run that cannot be resumed or overwritten."""
+
+
+# ----------------------------------------------------------------------
+# Files.
+def write_json_atomically(path, payload):
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    with os.fdopen(fd, "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=False)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_progress(model_dir):
+    path = os.path.join(model_dir, PROGRESS_FILE)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise RunStateError(
+            f"{path} is unreadable ({e}); delete the run directory or pass "
+            "--overwrite to start again."
+        ) from e
+
+
+def prepare_model_dir(config: RunConfig):
+    """Checks model_dir: returns the progress to resume, or None to start.
+
+    Raises RunStateError for a finished run (without overwrite) or for an
+    unfinished run of a different configuration.
+    """
+    model_dir = config.model_dir
+    if not model_dir:
+        raise ConfigError("--model_dir is required: where the run writes.")
+    progress = read_progress(model_dir)
+    if config.overwrite and os.path.isdir(model_dir):
+        shutil.rmtree(model_dir)
+        progress = None
+    if progress is None:
+        if os.path.isdir(model_dir) and os.listdir(model_dir):
+            # What a run writes before its first checkpoint.
+            leftovers = set(os.listdir(model_dir)) - {
+                "summaries", "config.json", "checkpoints"
+            }
+            if leftovers:
+                raise RunStateError(
+                    f"{model_dir} is not empty and holds no cl_zoo run; pick "
+                    "another --model_dir or pass --overwrite."
+                )
+        os.makedirs(model_dir, exist_ok=True)
+        return None
+    if progress.get("status") == "finished":
+        raise RunStateError(
+            f"{model_dir} holds a finished run; pass --overwrite to replace "
+            "it or pick another --model_dir."
+        )
+    saved = dict(progress.get("config", {}))
+    current = config.to_dict()
+    ignore = {"overwrite", "verbose", "model_dir"}
+    diff = sorted(
+        k for k in current
+        if k not in ignore and saved.get(k) != current[k]
+    )
+    if diff:
+        raise RunStateError(
+            f"{model_dir} holds an unfinished run with other settings "
+            f"({', '.join(diff)}); rerun the same command to resume it, or "
+            "pass --overwrite to start again."
+        )
+    return progress
+
+
+# ----------------------------------------------------------------------
+# Distribution.
+def make_strategy(config: RunConfig):
+    if config.strategy == "default":
+        return tf.distribute.get_strategy()
+    if config.strategy == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        if gpus:
+            return tf.distribute.MirroredStrategy()
+        cpus = tf.config.list_logical_devices("CPU")
+        if len(cpus) < config.num_cpu_devices:
+            raise ConfigError(
+                f"--num_cpu_devices={config.num_cpu_devices} but TensorFlow "
+                f"has {len(cpus)} logical CPU devices; the trainer must split "
+                "the CPU before any TensorFlow op runs."
+            )
+        return tf.distribute.MirroredStrategy(
+            [d.name for d in cpus[: config.num_cpu_devices]]
+        )
+    raise ConfigError(
+        "--strategy=multi_worker_mirrored does not work with model.fit in "
+        "Keras 3.15 (keras-team/keras#20585); use --strategy=mirrored."
+    )
+
+
+def split_cpu(num_devices):
+    """Splits the CPU into logical devices; call before any TensorFlow op."""
+    if num_devices <= 1:
+        return
+    cpus = tf.config.list_physical_devices("CPU")
+    tf.config.set_logical_device_configuration(
+        cpus[0],
+        [tf.config.LogicalDeviceConfiguration()] * num_devices,
+    )
+
+
+def make_optimizer(config: RunConfig):
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(config.lr)
+    if config.optimizer == "momentum":
+        return keras.optimizers.SGD(config.lr, momentum=0.9)
+    if config.optimizer == "adam":
+        return keras.optimizers.Adam(config.lr)
+    return keras.optimizers.RMSprop(config.lr)
+
+
+# ----------------------------------------------------------------------
+# Evaluation.
+class Evaluator:
+    """Test accuracy of each task, with one traced function for all tasks."""
+
+    def __init__(self, model, benchmark, batch_size):
+        self.model = model
+        self.benchmark = benchmark
+        self.batch_size = batch_size
+        self._datasets = {}
+
+        @tf.function(reduce_retracing=True)
+        def correct(inputs, y):
+            logits = model(inputs, training=False)
+            pred = tf.argmax(logits, axis=-1, output_type=tf.int32)
+            hits = tf.cast(pred == tf.cast(y, tf.int32), tf.int64)
+            return tf.reduce_sum(hits)
+
+        self._correct = correct
+
+    def _dataset(self, task):
+        if task not in self._datasets:
+            self._datasets[task] = self.benchmark.test_dataset(
+                task,
+                self.batch_size,
+                head=self.model.head_mode,
+                with_task_id=True,
+            ).cache()
+        return self._datasets[task]
+
+    def task_accuracy(self, task):
+        hits, total = 0, 0
+        for inputs, y in self._dataset(task):
+            hits += int(self._correct(inputs, y))
+            total += int(tf.shape(y)[0])
+        return hits / max(total, 1)
+
+    def all_tasks(self):
+        return [
+            self.task_accuracy(t) for t in range(self.benchmark.num_tasks)
+        ]
+
+
+# ----------------------------------------------------------------------
+# Checkpoints.
+class RunCheckpoint:
+    """Every variable of the run: model, optimizer, consolidation state.
+
+    Written to a fresh directory and then named in progress.json (written
+    atomically), so a run killed mid-write resumes from the previous one.
+    """
+
+    def __init__(self, model, model_dir):
+        self.model = model
+        self.root = os.path.join(model_dir, "checkpoints")
+        extra = tf.Module()
+        consolidation = model.consolidation
+        extra.state = (
+            [v.value for v in consolidation.state_variables()]
+            if consolidation is not None
+            else []
+        )
+        self.checkpoint = tf.train.Checkpoint(
+            model=model, optimizer=model.optimizer, consolidation=extra
+        )
+
+    def save(self, name):
+        path = os.path.join(self.root, name)
+        if os.path.exists(path):
+            shutil.rmtree(path)
+        self.checkpoint.write(os.path.join(path, "ckpt"))
+        return name
+
+    def restore(self, name):
+        path = os.path.join(self.root, name, "ckpt")
+        try:
+            self.checkpoint.read(path).assert_consumed()
+        except (tf.errors.OpError, AssertionError, ValueError) as e:
+            raise RunStateError(
+                f"Checkpoint {path} is corrupt or from another model ({e}); "
+                "pass --overwrite to start the run again."
+            ) from e
+
+    def prune(self, keep):
+        if not os.path.isdir(self.root):
+            return
+        for entry in os.listdir(self.root):
+            if entry != keep:
+                shutil.rmtree(os.path.join(self.root, entry),
+                              ignore_errors=True)
+
+
+class _EpochCheckpoint(keras.callbacks.Callback):
+    """Saves a checkpoint and the progress after every epoch."""
+
+    def __init__(self, run, task):
+        super().__init__()
+        self.run = run
+        self.task = task
+
+    def on_epoch_end(self, epoch, logs=None):
+        epochs_done = epoch + 1 - self.task * self.run.config.epochs
+        self.run.save_progress(self.task, epochs_done)
+
+
+class _Timer(keras.callbacks.Callback):
+    def __init__(self, run):
+        super().__init__()
+        self.run = run
+        self._start = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.run.train_seconds += time.perf_counter() - self._start
+
+
+# ----------------------------------------------------------------------
+# The run.
+class ContinualRun:
+    """One method on one benchmark, task after task."""
+
+    def __init__(self, config: RunConfig, benchmark=None, strategy=None):
+        self.config = config
+        self.progress = prepare_model_dir(config)
+        self.benchmark = benchmark or benchmarks_lib.get_benchmark(
+            config.benchmark,
+            num_tasks=config.num_tasks,
+            seed=config.seed,
+            data_dir=config.data_dir,
+        )
+        self.strategy = strategy or make_strategy(config)
+        keras.utils.set_random_seed(config.seed)
+        method_cls = get_method(config.method)
+        with self.strategy.scope():
+            self.model = method_cls.from_run_config(config, self.benchmark)
+            self.model.build_for_inputs()
+            optimizer = make_optimizer(config)
+            self.model.compile(
+                optimizer=optimizer,
+                loss=keras.losses.SparseCategoricalCrossentropy(
+                    from_logits=True
+                ),
+                metrics=[keras.metrics.SparseCategoricalAccuracy("accuracy")],
+            )
+            optimizer.build(self.model.trainable_variables)
+            if self.model.consolidation is not None:
+                self.model.consolidation.build(self.model)
+        self.checkpoint = RunCheckpoint(self.model, config.model_dir)
+        self.evaluator = Evaluator(
+            self.model, self.benchmark, config.eval_batch_size
+        )
+        summaries = os.path.join(config.model_dir, "summaries")
+        self.summary_dir = summaries
+        self.writer = tf.summary.create_file_writer(
+            os.path.join(summaries, "eval")
+        )
+        self.matrix = []
+        self.initial = None
+        self.train_seconds = 0.0
+        self._ckpt_counter = 0
+
+    # Progress -----------------------------------------------------------
+    def save_progress(self, task, epochs_done, status="running"):
+        self._ckpt_counter += 1
+        name = self.checkpoint.save(f"ckpt-{self._ckpt_counter}")
+        write_json_atomically(
+            os.path.join(self.config.model_dir, PROGRESS_FILE),
+            {
+                "status": status,
+                "task": task,
+                "epochs_done": epochs_done,
+                "checkpoint": name,
+                "accuracy_matrix": self.matrix,
+                "initial_accuracy": self.initial,
+                "train_seconds": self.train_seconds,
+                "config": self.config.to_dict(),
+            },
+        )
+        self.checkpoint.prune(keep=name)
+
+    def _resume_point(self):
+        """(task, epochs already done in it), restoring state if resuming."""
+        p = self.progress
+        if p is None:
+            return 0, 0
+        self.matrix = [list(r) for r in p["accuracy_matrix"]]
+        self.initial = p["initial_accuracy"]
+        self.train_seconds = float(p["train_seconds"])
+        self._ckpt_counter = int(p["checkpoint"].split("-")[-1])
+        self.checkpoint.restore(p["checkpoint"])
+        task, done = int(p["task"]), int(p["epochs_done"])
+        if done >= self.config.epochs and len(self.matrix) > task:
+            return task + 1, 0
+        return task, done
+
+    # Main loop ----------------------------------------------------------
+    def run(self):
+        config, bm = self.config, self.benchmark
+        write_json_atomically(
+            os.path.join(config.model_dir, "config.json"), config.to_dict()
+        )
+        start_task, start_epoch = self._resume_point()
+        if self.progress is not None:
+            logging.info(
+                "Resuming %s at task %d, epoch %d.",
+                config.model_dir, start_task, start_epoch,
+            )
+        if self.initial is None:
+            self.initial = self.evaluator.all_tasks()
+            self._log_text()
+        for task in range(start_task, bm.num_tasks):
+            self._train_task(task, start_epoch if task == start_task else 0)
+        return self.finish()
+
+    def _train_task(self, task, first_epoch):
+        config, model = self.config, self.model
+        if first_epoch == 0:
+            model.begin_task(task, self.benchmark)
+        else:
+            # Resuming mid-task: the optimizer slots and the task's state
+            # were restored from the checkpoint; only re-activate the task.
+            model.task.assign(task)
+        if config.verbose:
+            print(
+                f"Task {task + 1}/{self.benchmark.num_tasks}: classes "
+                f"{self.benchmark.task_classes[task]}",
+                flush=True,
+            )
+        dataset = model.train_dataset(
+            task, self.benchmark, config.batch_size, seed=config.seed + task
+        )
+        if first_epoch < config.epochs:
+            model.fit(
+                dataset,
+                initial_epoch=task * config.epochs + first_epoch,
+                epochs=(task + 1) * config.epochs,
+                verbose=config.verbose,
+                shuffle=False,  # the dataset is shuffled by the benchmark
+                callbacks=[
+                    _Timer(self),
+                    keras.callbacks.TensorBoard(
+                        self.summary_dir, write_graph=False
+                    ),
+                    _EpochCheckpoint(self, task),
+                ],
+            )
+        model.end_task(task, self.benchmark)
+        row = self.evaluator.all_tasks()
+        self.matrix = self.matrix[:task] + [row]
+        self._log_task(task, row)
+        self.save_progress(task, config.epochs)
+
+    # Logging ------------------------------------------------------------
+    def _log_text(self):
+        with self.writer.as_default():
+            tf.summary.text(
+                "config", f"```\n{self.config.to_json()}\n```", step=0
+            )
+            for j, acc in enumerate(self.initial):
+                tf.summary.scalar(f"test_accuracy/task_{j}", acc, step=0)
+        self.writer.flush()
+
+    def _log_task(self, task, row):
+        seen = float(np.mean(row[: task + 1]))
+        if self.config.verbose:
+            shown = " ".join(f"{a:.4f}" for a in row)
+            print(
+                f"After task {task + 1}: test accuracy per task [{shown}], "
+                f"mean over tasks seen {seen:.4f}",
+                flush=True,
+            )
+        with self.writer.as_default():
+            step = task + 1
+            for j, acc in enumerate(row):
+                tf.summary.scalar(f"test_accuracy/task_{j}", acc, step=step)
+            tf.summary.scalar("test_accuracy/mean_seen", seen, step=step)
+            image = plots.accuracy_matrix_png(
+                self.matrix, self.benchmark.num_tasks, title=self._title()
+            )
+            tf.summary.image(
+                "accuracy_matrix",
+                tf.image.decode_png(image, channels=4)[None],
+                step=step,
+            )
+        self.writer.flush()
+
+    def _title(self):
+        return f"{self.config.method} on {self.config.benchmark}"
+
+    # End ------------------------------------------------------------------
+    def finish(self):
+        config, model = self.config, self.model
+        summary = metrics_lib.summarize(self.matrix, self.initial)
+        results = {
+            "method": config.method,
+            "benchmark": config.benchmark,
+            "num_tasks": self.benchmark.num_tasks,
+            "seed": config.seed,
+            "task_classes": self.benchmark.task_classes,
+            "accuracy_matrix": self.matrix,
+            "initial_accuracy": self.initial,
+            **summary,
+            "storage_bytes_per_task": int(model.storage_bytes_per_task()),
+            "num_params": int(
+                sum(int(np.prod(v.shape)) for v in model.inference_variables())
+            ),
+            "train_seconds": self.train_seconds,
+            "extra": {
+                "average_accuracy_curve": metrics_lib.average_accuracy_curve(
+                    self.matrix
+                ),
+                "head": model.head_mode,
+            },
+            "config": config.to_dict(),
+        }
+        with open(
+            os.path.join(config.model_dir, "accuracy_matrix.png"), "wb"
+        ) as f:
+            f.write(
+                plots.accuracy_matrix_png(
+                    self.matrix, self.benchmark.num_tasks, title=self._title()
+                )
+            )
+        with open(
+            os.path.join(config.model_dir, "average_accuracy.png"), "wb"
+        ) as f:
+            f.write(
+                plots.curve_png(
+                    results["extra"]["average_accuracy_curve"],
+                    title=self._title(),
+                )
+            )
+        if config.export:
+            export_lib.export_all(
+                model, os.path.join(config.model_dir, "export")
+            )
+        write_json_atomically(
+            os.path.join(config.model_dir, RESULTS_FILE), results
+        )
+        self.save_progress(self.benchmark.num_tasks - 1, config.epochs,
+                           status="finished")
+        if config.verbose:
+            print(
+                f"ACC {summary['acc']:.4f}  BWT {summary['bwt']:+.4f}  "
+                f"FWT {summary['fwt']:+.4f}  forgetting "
+                f"{summary['forgetting']:.4f}  ({self.train_seconds:.1f} s "
+                f"training); results in {config.model_dir}",
+                flush=True,
+            )
+        return results
+
+
+def run(config: RunConfig, benchmark=None):
+    """Trains `config.method` on the benchmark's tasks; returns results."""
+    return ContinualRun(config, benchmark=benchmark).run()

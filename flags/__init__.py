@@ -1,0 +1,1 @@
+"""Shared absl flag definitions of the cl_zoo trainers."""

@@ -1,0 +1,148 @@
+"""Flags every cl_zoo trainer shares (the contract's command line).
+
+Flags left unset take the defaults of the (method, benchmark) pair, from the
+papers' protocols: see `cl_zoo.config`. Library code never reads FLAGS; the
+trainer turns them into a frozen `RunConfig`.
+"""
+
+from __future__ import annotations
+
+from absl import flags
+
+from cl_zoo.config import (
+    BENCHMARK_DEFAULTS,
+    OPTIMIZERS,
+    STRATEGIES,
+    ConfigError,
+)
+
+# Flags whose value becomes the RunConfig field of the same name.
+CONFIG_FLAGS = (
+    "epochs", "batch_size", "lr", "optimizer", "seed", "num_tasks", "head",
+    "hidden_units", "architecture", "activation", "data_dir", "strategy",
+    "num_cpu_devices", "consolidation", "ewc_lambda", "fisher_samples",
+    "fisher_mode", "ewc_gamma", "eval_batch_size", "export", "verbose",
+    "overwrite", "model_dir",
+)
+
+
+def define_run_flags():
+    """Defines the flags of `python -m trainers.train`."""
+    from cl_zoo.benchmarks import BENCHMARKS
+    from cl_zoo.consolidation.registry import CONSOLIDATIONS
+    from cl_zoo.methods import method_names
+
+    flags.DEFINE_string(
+        "method", None,
+        f"Continual-learning method, one of: {', '.join(method_names())}.",
+    )
+    flags.DEFINE_string(
+        "benchmark", None,
+        f"Task sequence, one of: {', '.join(BENCHMARKS)}.",
+    )
+    flags.DEFINE_string(
+        "model_dir", None,
+        "Directory of the run: results.json, summaries/ (TensorBoard), "
+        "export/ (SavedModels), checkpoints. Rerunning the same command on "
+        "an unfinished run resumes it.",
+    )
+    flags.DEFINE_integer(
+        "epochs", None,
+        "Epochs per task. Default: the benchmark's protocol ("
+        + ", ".join(
+            f"{k} {v['epochs']}" for k, v in BENCHMARK_DEFAULTS.items()
+            if k.endswith("mnist")
+        )
+        + ").",
+    )
+    flags.DEFINE_integer("batch_size", None, "Training batch size "
+                         "(global, over all replicas). Default 128.")
+    flags.DEFINE_float("lr", None, "Learning rate. Default 1e-3 (Adam).")
+    flags.DEFINE_string(
+        "optimizer", None,
+        f"Optimizer, one of: {', '.join(OPTIMIZERS)} (momentum = SGD with "
+        "momentum 0.9). Its slots are reset at the start of every task. "
+        "Default adam.",
+    )
+    flags.DEFINE_integer("seed", None, "Seed of initialization, data order "
+                         "and permutations. Default 0.")
+    flags.DEFINE_integer(
+        "num_tasks", None,
+        "Number of tasks; only permuted_mnist lets you choose (default 10).",
+    )
+    flags.DEFINE_string(
+        "head", None,
+        "Output layer: 'single' (one head over all classes of the benchmark, "
+        "the incremental setting) or 'multi' (one head per task). Default: "
+        "the method's (single for sgd/ewc/joint, multi for finetune, "
+        "sgd_freeze, stl).",
+    )
+    flags.DEFINE_list(
+        "hidden_units", None,
+        "Comma-separated widths of the hidden dense layers. Default: the "
+        "benchmark's protocol (split/disjoint MNIST 5x300, permuted MNIST "
+        "4x128).",
+    )
+    flags.DEFINE_string(
+        "architecture", None,
+        "'mlp', or 'lenet' (LeNet conv/pool layers before the dense ones).",
+    )
+    flags.DEFINE_string("activation", None, "Hidden activation. Default relu.")
+    flags.DEFINE_string(
+        "data_dir", None,
+        "Where data sets are read from: mnist.npz (keys x_train, y_train, "
+        "x_test, y_test) for MNIST, a tensorflow-datasets data_dir for "
+        "CIFAR/SVHN. Default: the cl_zoo cache (~/.cache/cl_zoo).",
+    )
+    flags.DEFINE_string(
+        "strategy", None,
+        f"tf.distribute strategy, one of: {', '.join(STRATEGIES)}. Default "
+        "'default' (one device).",
+    )
+    flags.DEFINE_integer(
+        "num_cpu_devices", None,
+        "Split the CPU into N logical devices, so that --strategy=mirrored "
+        "runs N replicas without GPUs. Default 1.",
+    )
+    flags.DEFINE_string(
+        "consolidation", None,
+        f"Penalty protecting old tasks, one of: {', '.join(CONSOLIDATIONS)}. "
+        "Default: the method's (ewc for ewc, none for sgd...).",
+    )
+    flags.DEFINE_float("ewc_lambda", None, "EWC strength lambda in "
+                       "lambda/2 * sum F (w - w*)^2. Default 100.")
+    flags.DEFINE_integer("fisher_samples", None, "Training examples per task "
+                         "for the diagonal Fisher. Default 1024.")
+    flags.DEFINE_string(
+        "fisher_mode", None,
+        "Fisher estimate: 'empirical' (true labels), 'true' (labels sampled "
+        "from the model) or 'expected' (exact expectation over classes). "
+        "Default empirical.",
+    )
+    flags.DEFINE_float("ewc_gamma", None, "Online EWC's decay of the old "
+                       "Fisher, in [0, 1]. Default 0.9 for online_ewc.")
+    flags.DEFINE_integer("eval_batch_size", None, "Evaluation batch size. "
+                         "Default 1000.")
+    flags.DEFINE_boolean("export", None, "Write the SavedModels of "
+                         "export/ at the end. Default true.")
+    flags.DEFINE_integer("verbose", None, "Keras progress output: 0 silent, "
+                         "1 progress bar, 2 one line per epoch. Default 1.")
+    flags.DEFINE_boolean("overwrite", False, "Replace a finished (or any) "
+                         "run in --model_dir instead of refusing.")
+
+
+def config_overrides(flag_values):
+    """The RunConfig fields the user set on the command line."""
+    out = {}
+    for name in CONFIG_FLAGS:
+        value = flag_values[name].value
+        if name == "hidden_units" and value is not None:
+            try:
+                value = tuple(int(u) for u in value)
+            except ValueError:
+                raise ConfigError(
+                    f"--hidden_units={','.join(value)} is not allowed: "
+                    "expected a comma-separated list of positive integers."
+                ) from None
+        out[name] = value
+    return out

@@ -1,0 +1,54 @@
+"""Test set-up: two logical CPUs (for MirroredStrategy tests), absl flags,
+and tiny benchmarks that train in seconds."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import flags  # noqa: E402
+
+# Logical devices must be configured before TensorFlow runs any op.
+_cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(
+    _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
+)
+
+flags.FLAGS(["pytest"], known_only=True)
+
+from cl_zoo.benchmarks.base import Benchmark  # noqa: E402
+
+
+def make_tiny_benchmark(
+    num_tasks=3, classes_per_task=2, shape=(6, 6, 1), per_class=40, seed=0
+):
+    """Separable images: each class lights up its own pixel block."""
+    rng = np.random.default_rng(seed)
+    num_classes = num_tasks * classes_per_task
+    size = int(np.prod(shape))
+
+    def pool(n):
+        y = np.repeat(np.arange(num_classes), n)
+        x = rng.integers(0, 60, size=(len(y), size))
+        block = size // num_classes
+        for c in range(num_classes):
+            x[y == c, c * block:(c + 1) * block] += 180
+        return x.clip(0, 255).astype(np.uint8).reshape(-1, *shape), y
+
+    return Benchmark(
+        "tiny",
+        train=pool(per_class),
+        test=pool(per_class // 2),
+        task_classes=[
+            list(range(t * classes_per_task, (t + 1) * classes_per_task))
+            for t in range(num_tasks)
+        ],
+        num_classes=num_classes,
+    )
+
+
+@pytest.fixture
+def tiny_benchmark():
+    return make_tiny_benchmark()

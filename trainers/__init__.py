@@ -1,0 +1,1 @@
+"""absl programs over the cl_zoo library."""
