@@ -25,6 +25,8 @@ from flags import common
 
 FLAGS = flags.FLAGS
 common.define_run_flags()
+# `--help` lists the main module's key flags: make the shared ones key here.
+flags.adopt_module_key_flags(common)
 
 USAGE_ERROR = 2
 
@@ -34,12 +36,24 @@ def _fail(message):
     sys.exit(USAGE_ERROR)
 
 
+_HELP_FLAGS = ("help", "h", "?", "helpshort", "helpfull", "helpxml")
+
+
 def parse_flags(argv):
     """absl's parser, but a bad flag exits with status 2 and one line."""
     try:
         return FLAGS(argv)
     except flags.Error as e:
         _fail(f"{e}. See --help.")
+    except SystemExit as e:
+        # absl prints the help asked for, then exits 1; asking is no error.
+        asked = any(
+            a.lstrip("-").split("=")[0] in _HELP_FLAGS
+            for a in argv[1:] if a.startswith("-")
+        )
+        if asked and e.code == 1:
+            sys.exit(0)
+        raise
 
 
 def build_config():
@@ -83,12 +97,23 @@ def main(argv):
     from cl_zoo import train_lib
 
     train_lib.split_cpu(config.num_cpu_devices)
-    from cl_zoo.benchmarks import BenchmarkError
+    from cl_zoo import benchmarks
     from cl_zoo.config import ConfigError
 
     try:
-        run = train_lib.ContinualRun(config)
-    except (BenchmarkError, ConfigError, train_lib.RunStateError) as e:
+        # Load the data before the run touches --model_dir: a bad
+        # --num_tasks or missing data must leave no trace behind (and must
+        # not let --overwrite delete the previous run first).
+        benchmark = benchmarks.get_benchmark(
+            config.benchmark,
+            num_tasks=config.num_tasks,
+            seed=config.seed,
+            data_dir=config.data_dir,
+        )
+        run = train_lib.ContinualRun(config, benchmark=benchmark)
+    except (
+        benchmarks.BenchmarkError, ConfigError, train_lib.RunStateError
+    ) as e:
         _fail(str(e))
     try:
         run.run()

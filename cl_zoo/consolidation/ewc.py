@@ -65,6 +65,13 @@ class EWC(QuadraticConsolidation):
         if online:
             self.name = "online_ewc"
 
+    def build(self, model):
+        super().build(model)
+        # One traced function for every task's Fisher (no retrace per task).
+        self._fisher_fn = fisher_lib.make_fisher_fn(
+            model, self.params, self.fisher_mode
+        )
+
     def fisher(self, model, task, benchmark):
         dataset = benchmark.train_dataset(
             task,
@@ -81,6 +88,7 @@ class EWC(QuadraticConsolidation):
             self.fisher_samples,
             mode=self.fisher_mode,
             seed=self.seed + task,
+            fisher_fn=self._fisher_fn,
         )
 
     def end_task(self, model, task, benchmark):

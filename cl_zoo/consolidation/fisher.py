@@ -92,6 +92,7 @@ def diagonal_fisher(
     num_samples,
     mode="empirical",
     seed=0,
+    fisher_fn=None,
 ):
     """Mean per-example squared gradients over up to `num_samples` examples.
 
@@ -103,6 +104,8 @@ def diagonal_fisher(
         num_samples: examples to use; fewer if the dataset runs out.
         mode: one of `FISHER_MODES`.
         seed: seed of the label sampling of `mode="true"`.
+        fisher_fn: a function from `make_fisher_fn` to reuse (its trace is
+            kept between calls); made here if not given.
 
     Returns:
         A list of tensors shaped like `variables`.
@@ -112,7 +115,7 @@ def diagonal_fisher(
             f"Expected a positive number of Fisher samples. "
             f"Received: num_samples={num_samples}"
         )
-    chunk_fisher = make_fisher_fn(model, variables, mode)
+    chunk_fisher = fisher_fn or make_fisher_fn(model, variables, mode)
     totals = [tf.zeros(v.shape, tf.float32) for v in variables]
     seen = 0
     for step, (inputs, y) in enumerate(dataset):

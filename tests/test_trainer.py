@@ -1,0 +1,215 @@
+"""The command line of `python -m trainers.train` (see the contract).
+
+Bad input must end the run at once: exit status 2, one line on stderr that
+names what was wrong and what is allowed, no traceback, nothing written. The
+command runs in subprocesses, all started together (each pays the TensorFlow
+import); `build_config` is also tested in-process with `flagsaver`.
+"""
+
+import concurrent.futures
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from absl.testing import flagsaver
+
+from cl_zoo import benchmarks
+from cl_zoo.methods import method_names
+from trainers import train
+
+# Not os.path.realpath: under Bazel the runfiles tree is the repository.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# TensorFlow's C++ start-up lines (absl/glog format), which no environment
+# variable silences before absl::InitializeLog runs.
+_CPP_LOG = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog"
+    r"|[IWEF]\d{4} [\d:.]+\s+\d+ \S+:\d+\] )"
+)
+
+GOOD = ("--method=sgd", "--benchmark=split_mnist")
+
+# id: (arguments besides --model_dir, fragments the message must hold:
+#      what was wrong and what is allowed).
+BAD_CASES = {
+    "unknown_method": (
+        ("--method=nope", "--benchmark=split_mnist"),
+        ("'nope'", "finetune", "sgd_freeze", "ewc"),
+    ),
+    "unknown_benchmark": (
+        ("--method=sgd", "--benchmark=nope"),
+        ("'nope'", "split_mnist", "permuted_mnist"),
+    ),
+    "missing_method": (
+        ("--benchmark=split_mnist",),
+        ("--method", "required", "finetune"),
+    ),
+    "epochs_zero": (GOOD + ("--epochs=0",), ("--epochs=0", "positive")),
+    "lr_negative": (GOOD + ("--lr=-1",), ("--lr=-1", "positive")),
+    "batch_size_not_int": (
+        GOOD + ("--batch_size=abc",),
+        ("--batch_size=abc", "int"),
+    ),
+    "hidden_units_not_int": (
+        GOOD + ("--hidden_units=3,x",),
+        ("--hidden_units=3,x", "positive integers"),
+    ),
+    "unknown_strategy": (
+        GOOD + ("--strategy=foo",),
+        ("--strategy=foo", "mirrored", "multi_worker_mirrored"),
+    ),
+    "unknown_head": (
+        GOOD + ("--head=both",),
+        ("--head=both", "single", "multi"),
+    ),
+    "fixed_num_tasks": (
+        GOOD + ("--num_tasks=3",),
+        ("split_mnist", "num_tasks=3", "(5)", "permuted_mnist"),
+    ),
+    "unknown_flag": (
+        GOOD + ("--no_such_flag=1",),
+        ("no_such_flag", "--help"),
+    ),
+    "missing_model_dir": (GOOD, ("--model_dir", "required")),
+}
+
+CONTRACT_FLAGS = (
+    "method", "benchmark", "model_dir", "epochs", "batch_size", "lr", "seed",
+    "num_tasks", "strategy", "num_cpu_devices",
+)
+
+
+def _run_trainer(args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run(
+        [sys.executable, "-m", "trainers.train", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture(scope="module")
+def trainer_runs(tmp_path_factory):
+    """Runs every bad command line and `--help`, two at a time."""
+    root = tmp_path_factory.mktemp("trainer_runs")
+    commands = {}
+    for case, (args, _) in BAD_CASES.items():
+        model_dir = str(root / case)
+        if case != "missing_model_dir":
+            args = (*args, f"--model_dir={model_dir}")
+        commands[case] = (args, model_dir)
+    commands["help"] = (("--help",), None)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {
+            case: pool.submit(_run_trainer, args)
+            for case, (args, _) in commands.items()
+        }
+        return {
+            case: (futures[case].result(), commands[case][1])
+            for case in commands
+        }
+
+
+def _message_lines(stderr):
+    return [
+        line for line in stderr.splitlines()
+        if line.strip() and not _CPP_LOG.match(line)
+    ]
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CASES))
+def test_bad_command_line_exits_2_with_one_line(trainer_runs, case):
+    proc, model_dir = trainer_runs[case]
+    details = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert proc.returncode == 2, details
+    assert "Traceback" not in proc.stderr, details
+    lines = _message_lines(proc.stderr)
+    assert len(lines) == 1, details
+    assert lines[0].startswith("error: "), details
+    for fragment in BAD_CASES[case][1]:
+        assert fragment in lines[0], details
+    if model_dir is not None:
+        assert not os.path.exists(model_dir), os.listdir(model_dir)
+
+
+def test_help_documents_the_contract_flags_and_names(trainer_runs):
+    proc, _ = trainer_runs["help"]
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for name in CONTRACT_FLAGS:
+        assert re.search(rf"--{name}\b", proc.stdout), name
+    for name in method_names():
+        assert name in proc.stdout, name
+    for name in benchmarks.BENCHMARKS:
+        assert name in proc.stdout, name
+
+
+# In-process: the resolved RunConfig -----------------------------------------
+
+
+@flagsaver.flagsaver(
+    method="finetune", benchmark="split_mnist", model_dir="/tmp/unused"
+)
+def test_build_config_layers_the_defaults():
+    config = train.build_config()
+    assert config.method == "finetune"
+    assert config.benchmark == "split_mnist"
+    assert config.model_dir == "/tmp/unused"
+    assert config.head == "multi"  # the method's
+    assert config.hidden_units == (300,) * 5  # the benchmark's
+    assert config.epochs == 5
+    assert config.batch_size == 128  # the generic one
+    assert config.strategy == "default"
+
+
+@flagsaver.flagsaver(
+    method="finetune",
+    benchmark="split_mnist",
+    model_dir="/tmp/unused",
+    head="single",
+    hidden_units=["20", "10"],
+    epochs=2,
+    lr=0.5,
+)
+def test_build_config_user_values_win():
+    config = train.build_config()
+    assert config.head == "single"
+    assert config.hidden_units == (20, 10)
+    assert config.epochs == 2
+    assert config.lr == 0.5
+
+
+@flagsaver.flagsaver(
+    method="sgd", benchmark="permuted_mnist", model_dir="/tmp/unused"
+)
+def test_build_config_permuted_mnist_defaults():
+    config = train.build_config()
+    assert config.head == "single"
+    assert config.hidden_units == (128,) * 4
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        ({"method": "nope"}, "Unknown method 'nope'"),
+        ({"epochs": 0}, "--epochs=0"),
+        ({"num_cpu_devices": 2}, "--strategy=mirrored"),
+        ({"ewc_gamma": 2.0}, "--ewc_gamma=2.0"),
+        ({"model_dir": None}, "--model_dir is required"),
+    ],
+)
+def test_build_config_exits_2_in_process(overrides, fragment, capsys):
+    values = dict(method="sgd", benchmark="split_mnist", model_dir="/tmp/u")
+    values.update(overrides)
+    with flagsaver.flagsaver(**values):
+        with pytest.raises(SystemExit) as exit_info:
+            train.build_config()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert fragment in err
