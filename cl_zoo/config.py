@@ -48,6 +48,11 @@ class RunConfig:
     fisher_samples: int = 1024
     fisher_mode: str = "empirical"
     ewc_gamma: float = 1.0
+    # Bias units (BPN).
+    bias_hidden: int = 200
+    bias_update: str = "sign"
+    epsilon: float = 0.01
+    bias_layers: str = "all"
     # Evaluation and outputs.
     eval_batch_size: int = 1000
     export: bool = True
@@ -94,7 +99,7 @@ def _check(config: RunConfig):
         )
 
     for name in ("epochs", "batch_size", "num_cpu_devices",
-                 "fisher_samples", "eval_batch_size"):
+                 "fisher_samples", "eval_batch_size", "bias_hidden"):
         value = getattr(config, name)
         if not isinstance(value, int) or value < 1:
             fail(name, value, "a positive integer")
@@ -106,6 +111,12 @@ def _check(config: RunConfig):
         fail("ewc_lambda", config.ewc_lambda, "a non-negative number")
     if not 0.0 <= config.ewc_gamma <= 1.0:
         fail("ewc_gamma", config.ewc_gamma, "a number in [0, 1]")
+    if not (math.isfinite(config.epsilon) and config.epsilon > 0):
+        fail("epsilon", config.epsilon, "a positive number")
+    if config.bias_update not in ("sign", "grad"):
+        fail("bias_update", config.bias_update, "sign or grad")
+    if config.bias_layers not in ("all", "last"):
+        fail("bias_layers", config.bias_layers, "all or last")
     if config.optimizer not in OPTIMIZERS:
         fail("optimizer", config.optimizer, f"one of {', '.join(OPTIMIZERS)}")
     if config.strategy not in STRATEGIES:

@@ -305,9 +305,7 @@ class ContinualRun:
                 ),
                 metrics=[keras.metrics.SparseCategoricalAccuracy("accuracy")],
             )
-            optimizer.build(self.model.trainable_variables)
-            if self.model.consolidation is not None:
-                self.model.consolidation.build(self.model)
+            self.model.build_optimizers()
         self.checkpoint = RunCheckpoint(self.model, config.model_dir)
         self.evaluator = Evaluator(
             self.model, self.benchmark, config.eval_batch_size

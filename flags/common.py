@@ -21,7 +21,8 @@ CONFIG_FLAGS = (
     "epochs", "batch_size", "lr", "optimizer", "seed", "num_tasks", "head",
     "hidden_units", "architecture", "activation", "data_dir", "strategy",
     "num_cpu_devices", "consolidation", "ewc_lambda", "fisher_samples",
-    "fisher_mode", "ewc_gamma", "eval_batch_size", "export", "verbose",
+    "fisher_mode", "ewc_gamma", "bias_hidden", "bias_update", "epsilon",
+    "bias_layers", "eval_batch_size", "export", "verbose",
     "overwrite", "model_dir",
 )
 
@@ -121,6 +122,24 @@ def define_run_flags():
     )
     flags.DEFINE_float("ewc_gamma", None, "Online EWC's decay of the old "
                        "Fisher, in [0, 1]. Default 0.9 for online_ewc.")
+    flags.DEFINE_integer(
+        "bias_hidden", None,
+        "BPN: H, the inner size of the bias-unit factors M_t (1xH) @ W_t "
+        "(HxK). Default 200 (128 on permuted_mnist).",
+    )
+    flags.DEFINE_string(
+        "bias_update", None,
+        "BPN: how M_t moves: 'sign' (beneficial direction, "
+        "M -= epsilon * sign(grad)) or 'grad' (plain optimizer steps, the "
+        "GD ablation). Default: sign for bd_*, grad for gd_ewc.",
+    )
+    flags.DEFINE_float("epsilon", None, "BPN: step of the sign update of "
+                       "the bias-unit factors M_t.")
+    flags.DEFINE_string(
+        "bias_layers", None,
+        "BPN: 'all' (bias units in every dense layer and the single head) or "
+        "'last' (the last hidden layer only, as in BPN-2019). Default all.",
+    )
     flags.DEFINE_integer("eval_batch_size", None, "Evaluation batch size. "
                          "Default 1000.")
     flags.DEFINE_boolean("export", None, "Write the SavedModels of "

@@ -181,8 +181,7 @@ def test_ewc_penalty_holds_old_weights(tiny_benchmark):
             optimizer=keras.optimizers.Adam(0.01),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         )
-        model.optimizer.build(model.trainable_variables)
-        model.consolidation.build(model)
+        model.build_optimizers()
         model.begin_task(0, tiny_benchmark)
         model.fit(tiny_benchmark.train_dataset(0, 16), epochs=3, verbose=0,
                   shuffle=False)

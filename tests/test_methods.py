@@ -27,9 +27,7 @@ def build(name, benchmark, **overrides):
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[keras.metrics.SparseCategoricalAccuracy("accuracy")],
     )
-    model.optimizer.build(model.trainable_variables)
-    if model.consolidation is not None:
-        model.consolidation.build(model)
+    model.build_optimizers()
     return model
 
 

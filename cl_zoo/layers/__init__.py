@@ -1,6 +1,13 @@
 """Keras layers of cl_zoo."""
 
+from cl_zoo.layers.bias_units import BiasUnitDense, SuperpositionDense
 from cl_zoo.layers.heads import HEAD_MODES, TaskHead
 from cl_zoo.layers.task_dense import TaskDense
 
-__all__ = ["HEAD_MODES", "TaskDense", "TaskHead"]
+__all__ = [
+    "HEAD_MODES",
+    "BiasUnitDense",
+    "SuperpositionDense",
+    "TaskDense",
+    "TaskHead",
+]

@@ -1,9 +1,11 @@
 """Continual-learning methods, one module each, registered by contract name."""
 
 from cl_zoo.methods import (  # noqa: F401  (imported to register)
+    bpn,
     ewc,
     finetune,
     joint,
+    psp,
     sgd,
     sgd_freeze,
     stl,

@@ -90,7 +90,14 @@ class ContinualModel(keras.Model):
             activation=config.activation,
             consolidation=make_consolidation(config.consolidation, config),
             name=cls.method_name,
+            **cls.init_args_from_config(config),
         )
+
+    @classmethod
+    def init_args_from_config(cls, config):
+        """Method-specific constructor arguments taken from a RunConfig."""
+        del config
+        return {}
 
     def __init__(
         self,
@@ -131,6 +138,9 @@ class ContinualModel(keras.Model):
         self.architecture = architecture
         self.activation = activation
         self.consolidation = consolidation
+        # Rules that update some variables in place of the main optimizer
+        # (eps * sign for BPN / AMN); see `cl_zoo.rules`.
+        self.gradient_rules = []
 
         self.task = keras.Variable(
             0, dtype="int32", trainable=False, name="task"
@@ -262,7 +272,7 @@ class ContinualModel(keras.Model):
         variables = self.trainable_variables
         grads = tape.gradient(scaled, variables)
         grads = self.transform_gradients(grads, variables)
-        self.optimizer.apply(grads, variables)
+        self.apply_gradients(grads, variables)
         self.after_apply(grads, variables)
         logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
         if self.consolidation is not None:
@@ -279,6 +289,35 @@ class ContinualModel(keras.Model):
             g if g is not None else ops.zeros_like(v)
             for g, v in zip(grads, variables)
         ]
+
+    def apply_gradients(self, grads, variables):
+        """Main optimizer for most variables, each rule for its own."""
+        owner = {}
+        for rule in self.gradient_rules:
+            for v in rule.variables:
+                owner[id(v)] = rule
+        main = [(g, v) for g, v in zip(grads, variables) if id(v) not in owner]
+        self.optimizer.apply([g for g, _ in main], [v for _, v in main])
+        by_id = {id(v): g for g, v in zip(grads, variables)}
+        for rule in self.gradient_rules:
+            rule.apply([by_id[id(v)] for v in rule.variables])
+
+    def optimizer_variables(self):
+        """Trainable variables the main optimizer updates."""
+        owned = {id(v) for r in self.gradient_rules for v in r.variables}
+        return [v for v in self.trainable_variables if id(v) not in owned]
+
+    def build_optimizers(self):
+        """Builds the main optimizer's and the rules' state up front.
+
+        Call after `compile`: an optimizer's first `apply` otherwise builds
+        state for the variables of that call only.
+        """
+        self.optimizer.build(self.optimizer_variables())
+        for rule in self.gradient_rules:
+            rule.build()
+        if self.consolidation is not None and not self.consolidation.built:
+            self.consolidation.build(self)
 
     def after_apply(self, grads, variables):
         """Runs after the optimizer step (online importance estimates)."""

@@ -1,0 +1,230 @@
+"""Beneficial Perturbation Network: BD+EWC, BD+PSP and the GD+EWC ablation.
+
+Wen, Tran, Kim & Itti, "Beneficial Perturbation Network for designing general
+adaptive artificial intelligence systems" (IEEE TNNLS 2021). Every dense
+layer (the output layer included, with one head) gets per-task bias units
+`BIAS_t = M_t @ W_t` (`BiasUnitDense`). While task t trains, `M_t` moves in
+the beneficial direction, `M_t <- M_t - eps * sign(dL/dM_t)` (a
+`SignGradientRule`), `W_t` and the shared weights take optimizer steps, and a
+consolidation (EWC for BD+EWC, pluggable with `--consolidation`) protects
+the shared weights. After the task the product is frozen into a table row
+and the factors are dropped (re-initialized for the next task).
+
+- `bd_ewc`: sign updates + EWC.
+- `gd_ewc`: the ablation: `M_t` takes plain optimizer steps + EWC.
+- `bd_psp`: sign updates + binary parameter superposition (PSP keys).
+- `--bias_layers=last`: bias units in the last hidden layer only, the first
+  version of the paper (BPN-2019, "memory units" in the last layer, H=200).
+"""
+
+from __future__ import annotations
+
+from cl_zoo.layers.bias_units import BiasUnitDense, SuperpositionDense
+from cl_zoo.layers.heads import TaskHead
+from cl_zoo.methods.base import ContinualModel
+from cl_zoo.methods.registry import register
+from cl_zoo.rules import SignGradientRule
+
+BIAS_UPDATES = ("sign", "grad")
+BIAS_LAYERS = ("all", "last")
+
+
+class BPN(ContinualModel):
+    """A network with per-task bias units in its dense layers.
+
+    Args:
+        bias_hidden: H of the factorization `M_t (1 x H) @ W_t (H x K)`.
+        bias_update: `"sign"` (beneficial direction, eps * sign(grad)) or
+            `"grad"` (the GD ablation: the main optimizer updates `M_t`).
+        epsilon: the sign step of `M_t`.
+        bias_layers: `"all"` dense layers (and the single head), or the
+            `"last"` hidden layer only (BPN-2019).
+        superposition: bind each layer's input to the task with binary PSP
+            keys (BD+PSP).
+        key_seed: seed of the keys and of the factors' initialization.
+        (other arguments: see `ContinualModel`)
+    """
+
+    def __init__(
+        self,
+        *args,
+        bias_hidden=200,
+        bias_update="sign",
+        epsilon=0.01,
+        bias_layers="all",
+        superposition=False,
+        key_seed=0,
+        **kwargs,
+    ):
+        if bias_update not in BIAS_UPDATES:
+            raise ValueError(
+                f"Expected `bias_update` in {BIAS_UPDATES}. "
+                f"Received: bias_update={bias_update!r}"
+            )
+        if bias_layers not in BIAS_LAYERS:
+            raise ValueError(
+                f"Expected `bias_layers` in {BIAS_LAYERS}. "
+                f"Received: bias_layers={bias_layers!r}"
+            )
+        self.bias_hidden = int(bias_hidden)
+        self.bias_update = bias_update
+        self.epsilon = float(epsilon)
+        self.bias_layers = bias_layers
+        self.superposition = bool(superposition)
+        self.key_seed = int(key_seed)
+        super().__init__(*args, **kwargs)
+        if bias_update == "sign":
+            self.sign_rule = SignGradientRule(self.epsilon, "beneficial")
+            self.gradient_rules = [self.sign_rule]
+
+    @classmethod
+    def init_args_from_config(cls, config):
+        return {
+            "bias_hidden": config.bias_hidden,
+            "bias_update": config.bias_update,
+            "epsilon": config.epsilon,
+            "bias_layers": config.bias_layers,
+            "superposition": cls.preset_superposition,
+            "key_seed": config.seed,
+        }
+
+    preset_superposition = False
+
+    # Layers ---------------------------------------------------------------
+    def _has_bias_units(self, index):
+        if self.bias_layers == "all":
+            return True
+        return index == len(self.hidden_units) - 1
+
+    def make_hidden_layer(self, units, index):
+        seed = self.key_seed * 1000 + index
+        if self._has_bias_units(index):
+            return BiasUnitDense(
+                units,
+                self.num_tasks,
+                bias_hidden=self.bias_hidden,
+                activation=self.activation,
+                superposition=self.superposition,
+                key_seed=seed,
+                name=f"bias_dense_{index}",
+            )
+        if self.superposition:
+            return SuperpositionDense(
+                units, self.num_tasks, activation=self.activation,
+                key_seed=seed, name=f"psp_dense_{index}",
+            )
+        return super().make_hidden_layer(units, index)
+
+    def make_head(self):
+        if self.head_mode == "multi":
+            return TaskHead(
+                "multi", self.num_classes,
+                [len(c) for c in self.task_classes], name="head",
+            )
+        seed = self.key_seed * 1000 + 999
+        if self.bias_layers == "all":
+            return BiasUnitDense(
+                self.num_classes,
+                self.num_tasks,
+                bias_hidden=self.bias_hidden,
+                superposition=self.superposition,
+                key_seed=seed,
+                name="head",
+            )
+        if self.superposition:
+            return SuperpositionDense(
+                self.num_classes, self.num_tasks, key_seed=seed, name="head"
+            )
+        return super().make_head()
+
+    def bias_unit_layers(self):
+        """The layers with bias units."""
+        return [
+            layer for layer in [*self.hidden_layers, self.head]
+            if isinstance(layer, BiasUnitDense)
+        ]
+
+    def factor_variables(self):
+        """`M` and `W` factors of every bias-unit layer (per-task state)."""
+        out = []
+        for layer in self.bias_unit_layers():
+            out += [layer.factor_m, layer.factor_w]
+        return out
+
+    # Training -------------------------------------------------------------
+    def build_optimizers(self):
+        if self.bias_update == "sign":
+            self.sign_rule.bind(
+                [layer.factor_m for layer in self.bias_unit_layers()]
+            )
+        super().build_optimizers()
+
+    def shared_trainable_variables(self):
+        """The normal weights (EWC protects these, not the factors)."""
+        factors = {id(v) for v in self.factor_variables()}
+        return [v for v in self.trainable_variables if id(v) not in factors]
+
+    def begin_task(self, task, benchmark=None):
+        for layer in self.bias_unit_layers():
+            layer.start_task(task)
+        super().begin_task(task, benchmark)
+
+    def end_task(self, task, benchmark=None):
+        super().end_task(task, benchmark)
+        for layer in self.bias_unit_layers():
+            layer.freeze_task(task)
+
+    def storage_bytes_per_task(self):
+        """Frozen bias rows (and PSP keys, and per-task heads) of one task."""
+        layers = [*self.hidden_layers, self.head]
+        return sum(
+            layer.per_task_bytes() for layer in layers
+            if hasattr(layer, "per_task_bytes")
+        )
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "bias_hidden": self.bias_hidden,
+            "bias_update": self.bias_update,
+            "epsilon": self.epsilon,
+            "bias_layers": self.bias_layers,
+            "superposition": self.superposition,
+            "key_seed": self.key_seed,
+        }
+
+
+def _bpn_defaults(benchmark, consolidation):
+    defaults = {"head": "single", "consolidation": consolidation}
+    if benchmark == "permuted_mnist":
+        defaults.update({"bias_hidden": 128})
+    return defaults
+
+
+@register("bd_ewc")
+class BDEWC(BPN):
+    """BD+EWC: bias units in the beneficial direction, EWC on the weights."""
+
+    @classmethod
+    def default_config(cls, benchmark):
+        return _bpn_defaults(benchmark, "ewc")
+
+
+@register("gd_ewc")
+class GDEWC(BPN):
+    """GD+EWC: the ablation with bias units in the gradient direction."""
+
+    @classmethod
+    def default_config(cls, benchmark):
+        return {**_bpn_defaults(benchmark, "ewc"), "bias_update": "grad"}
+
+
+@register("bd_psp")
+class BDPSP(BPN):
+    """BD+PSP: bias units in the beneficial direction, PSP keys."""
+
+    preset_superposition = True
+
+    @classmethod
+    def default_config(cls, benchmark):
+        return _bpn_defaults(benchmark, "none")
