@@ -55,6 +55,7 @@ class RunConfig:
     bias_layers: str = "all"
     # Evaluation and outputs.
     eval_batch_size: int = 1000
+    eval_examples: int = 0
     export: bool = True
     verbose: int = 1
     overwrite: bool = False
@@ -103,6 +104,9 @@ def _check(config: RunConfig):
         value = getattr(config, name)
         if not isinstance(value, int) or value < 1:
             fail(name, value, "a positive integer")
+    if not isinstance(config.eval_examples, int) or config.eval_examples < 0:
+        fail("eval_examples", config.eval_examples,
+             "a non-negative integer (0: the whole test split)")
     if config.num_tasks is not None and config.num_tasks < 1:
         fail("num_tasks", config.num_tasks, "a positive integer")
     if not (math.isfinite(config.lr) and config.lr > 0):

@@ -63,3 +63,28 @@ def curve_png(values, title="", ylabel="mean accuracy over tasks seen"):
         ax.legend()
     ax.set_title(title)
     return _png(fig)
+
+
+def decision_boundary_png(grids, extent, points, title=""):
+    """Heatmaps of P(class 0) over the plane, one panel per task mode.
+
+    Args:
+        grids: list of `(n, n)` arrays, P(class 0 | x, task j) on a grid.
+        extent: `(xmin, xmax, ymin, ymax)` of the grid.
+        points: list, per panel, of `(x (m, 2), y (m,))` to overlay.
+        title: figure title.
+    """
+    panels = len(grids)
+    fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 3.6),
+                             squeeze=False)
+    colors = np.array(["black", "tab:red", "tab:cyan", "tab:green"])
+    for j, (ax, grid, (x, y)) in enumerate(zip(axes[0], grids, points)):
+        image = ax.imshow(grid, origin="lower", extent=extent, vmin=0.0,
+                          vmax=1.0, cmap="viridis", aspect="auto")
+        other = colors[1 + (j % 3)]
+        ax.scatter(x[:, 0], x[:, 1], s=3,
+                   c=np.where(y == 0, "black", other), alpha=0.5)
+        ax.set_title(f"task {j + 1} mode")
+    fig.colorbar(image, ax=list(axes[0]), label="P(black cluster)")
+    fig.suptitle(title)
+    return _png(fig)

@@ -164,10 +164,11 @@ def make_optimizer(config: RunConfig):
 class Evaluator:
     """Test accuracy of each task, with one traced function for all tasks."""
 
-    def __init__(self, model, benchmark, batch_size):
+    def __init__(self, model, benchmark, batch_size, max_examples=0):
         self.model = model
         self.benchmark = benchmark
         self.batch_size = batch_size
+        self.max_examples = max_examples
         self._datasets = {}
 
         @tf.function(reduce_retracing=True)
@@ -181,12 +182,18 @@ class Evaluator:
 
     def _dataset(self, task):
         if task not in self._datasets:
-            self._datasets[task] = self.benchmark.test_dataset(
+            dataset = self.benchmark.test_dataset(
                 task,
                 self.batch_size,
                 head=self.model.head_mode,
                 with_task_id=True,
-            ).cache()
+            )
+            if self.max_examples:
+                # The first examples of the test split: the same every time.
+                dataset = dataset.unbatch().take(self.max_examples).batch(
+                    self.batch_size
+                )
+            self._datasets[task] = dataset.cache()
         return self._datasets[task]
 
     def task_accuracy(self, task):
@@ -308,7 +315,8 @@ class ContinualRun:
             self.model.build_optimizers()
         self.checkpoint = RunCheckpoint(self.model, config.model_dir)
         self.evaluator = Evaluator(
-            self.model, self.benchmark, config.eval_batch_size
+            self.model, self.benchmark, config.eval_batch_size,
+            config.eval_examples,
         )
         summaries = os.path.join(config.model_dir, "summaries")
         self.summary_dir = summaries
@@ -443,7 +451,40 @@ class ContinualRun:
                 tf.image.decode_png(image, channels=4)[None],
                 step=step,
             )
+        if tuple(self.benchmark.input_shape) == (2,):
+            self._log_decision_boundary(task)
         self.writer.flush()
+
+    def _log_decision_boundary(self, task):
+        """BPN Fig. 5: P(class 0) over the plane in each task's mode."""
+        bm = self.benchmark
+        xs, ys = zip(*(bm.test_arrays(j) for j in range(bm.num_tasks)))
+        allx = np.concatenate(xs)
+        lo, hi = allx.min(axis=0) - 1.0, allx.max(axis=0) + 1.0
+        n = 120
+        gx, gy = np.meshgrid(np.linspace(lo[0], hi[0], n),
+                             np.linspace(lo[1], hi[1], n))
+        grid = np.stack([gx.ravel(), gy.ravel()], axis=1).astype("float32")
+        grids = []
+        for j in range(task + 1):
+            ids = np.full(len(grid), j, "int32")
+            logits = self.model({"x": grid, "task": ids}, training=False)
+            grids.append(tf.nn.softmax(logits)[:, 0].numpy().reshape(n, n))
+        png = plots.decision_boundary_png(
+            grids, (lo[0], hi[0], lo[1], hi[1]),
+            [(xs[j], ys[j]) for j in range(task + 1)],
+            title=f"{self._title()}, after task {task + 1}",
+        )
+        path = os.path.join(
+            self.config.model_dir, f"decision_boundary_task{task + 1}.png"
+        )
+        with open(path, "wb") as f:
+            f.write(png)
+        tf.summary.image(
+            "decision_boundary",
+            tf.image.decode_png(png, channels=4)[None],
+            step=task + 1,
+        )
 
     def _title(self):
         return f"{self.config.method} on {self.config.benchmark}"
@@ -471,6 +512,7 @@ class ContinualRun:
                     self.matrix
                 ),
                 "head": model.head_mode,
+                "eval_examples_per_task": config.eval_examples or "all",
             },
             "config": config.to_dict(),
         }

@@ -22,7 +22,7 @@ CONFIG_FLAGS = (
     "hidden_units", "architecture", "activation", "data_dir", "strategy",
     "num_cpu_devices", "consolidation", "ewc_lambda", "fisher_samples",
     "fisher_mode", "ewc_gamma", "bias_hidden", "bias_update", "epsilon",
-    "bias_layers", "eval_batch_size", "export", "verbose",
+    "bias_layers", "eval_batch_size", "eval_examples", "export", "verbose",
     "overwrite", "model_dir",
 )
 
@@ -142,6 +142,12 @@ def define_run_flags():
     )
     flags.DEFINE_integer("eval_batch_size", None, "Evaluation batch size. "
                          "Default 1000.")
+    flags.DEFINE_integer(
+        "eval_examples", None,
+        "Test examples per task for the accuracy matrix: the first N of "
+        "each task's test split (0 = all, the default). Makes the full "
+        "matrix of long sequences (100 permuted-MNIST tasks) affordable.",
+    )
     flags.DEFINE_boolean("export", None, "Write the SavedModels of "
                          "export/ at the end. Default true.")
     flags.DEFINE_integer("verbose", None, "Keras progress output: 0 silent, "

@@ -215,3 +215,25 @@ def test_mirrored_two_replicas_trains(tmp_path, tiny_benchmark):
     results = train_lib.run(config, benchmark=tiny_benchmark)
     print(results["accuracy_matrix"])
     assert np.all(np.diag(np.array(results["accuracy_matrix"])) > 0.9)
+
+
+def test_toy_run_writes_decision_boundaries(tmp_path):
+    from cl_zoo import benchmarks
+
+    bm = benchmarks.get_benchmark("gaussian_clusters")
+    config = resolve_config(get_method("bd_ewc"), "gaussian_clusters", {
+        "model_dir": str(tmp_path / "toy"), "epochs": 2, "verbose": 0,
+        "export": False, "hidden_units": (16,), "bias_hidden": 8,
+        "fisher_samples": 64,
+    })
+    train_lib.run(config, benchmark=bm)
+    for t in (1, 2):
+        path = tmp_path / "toy" / f"decision_boundary_task{t}.png"
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_examples_limits_the_test_subset(tmp_path, tiny_benchmark):
+    config = config_for(tmp_path, eval_examples=7, export=False, epochs=1)
+    run = train_lib.ContinualRun(config, benchmark=tiny_benchmark)
+    seen = sum(int(y.shape[0]) for _, y in run.evaluator._dataset(0))
+    assert seen == 7
