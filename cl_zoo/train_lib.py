@@ -221,15 +221,20 @@ class RunCheckpoint:
     def __init__(self, model, model_dir):
         self.model = model
         self.root = os.path.join(model_dir, "checkpoints")
-        extra = tf.Module()
+        # Explicit lists, in a fixed order: tf.train.Checkpoint(model=model)
+        # does not reach Keras layers held in Python lists.
         consolidation = model.consolidation
-        extra.state = (
-            [v.value for v in consolidation.state_variables()]
-            if consolidation is not None
-            else []
-        )
+        groups = {
+            "model": model.variables,
+            "optimizer": model.optimizer.variables,
+            "rules": [v for r in model.gradient_rules
+                      for v in (r.optimizer.variables if r.optimizer else [])],
+            "consolidation": (
+                consolidation.state_variables() if consolidation else []
+            ),
+        }
         self.checkpoint = tf.train.Checkpoint(
-            model=model, optimizer=model.optimizer, consolidation=extra
+            **{k: [v.value for v in vs] for k, vs in groups.items()}
         )
 
     def save(self, name):

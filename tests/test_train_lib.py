@@ -237,3 +237,29 @@ def test_eval_examples_limits_the_test_subset(tmp_path, tiny_benchmark):
     run = train_lib.ContinualRun(config, benchmark=tiny_benchmark)
     seen = sum(int(y.shape[0]) for _, y in run.evaluator._dataset(0))
     assert seen == 7
+
+
+def test_checkpoint_restores_every_variable(tmp_path, tiny_benchmark):
+    config = config_for(tmp_path, method="bd_ewc", hidden_units=(8, 8),
+                        bias_hidden=4, export=False, epochs=1)
+    run = train_lib.ContinualRun(config, benchmark=tiny_benchmark)
+    run.model.begin_task(0, tiny_benchmark)
+    run.model.fit(run.model.train_dataset(0, tiny_benchmark, 16),
+                  epochs=1, verbose=0, shuffle=False)
+    run.model.end_task(0, tiny_benchmark)
+    run.checkpoint.save("ckpt-1")
+    saved = [v.numpy().copy() for v in run.model.variables]
+    state = [v.numpy().copy()
+             for v in run.model.consolidation.state_variables()]
+    fresh = train_lib.ContinualRun(
+        config_for(tmp_path / "other", method="bd_ewc", hidden_units=(8, 8),
+                   bias_hidden=4, export=False, epochs=1),
+        benchmark=tiny_benchmark,
+    )
+    fresh.checkpoint.root = run.checkpoint.root
+    fresh.checkpoint.restore("ckpt-1")
+    assert len(saved) == len(fresh.model.variables) > 10
+    for a, v in zip(saved, fresh.model.variables):
+        np.testing.assert_array_equal(a, v.numpy(), err_msg=v.path)
+    for a, v in zip(state, fresh.model.consolidation.state_variables()):
+        np.testing.assert_array_equal(a, v.numpy())

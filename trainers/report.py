@@ -1,0 +1,85 @@
+r"""Tabulates finished runs: a Markdown table and an accuracy-curve plot.
+
+    python -m trainers.report --runs='runs/split_mnist/*' \
+        [--plot=docs/split_mnist_curves.png] [--title="split MNIST"]
+
+Reads each run's results.json. The table gives ACC, BWT, FWT and forgetting
+(in %), the final accuracy of every task, the training time and the storage
+per task; the plot the mean accuracy over tasks seen after each task.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("runs", None, "Run directories or globs of them.")
+flags.DEFINE_string("plot", None, "Write the accuracy curves to this PNG.")
+flags.DEFINE_string("title", "", "Title of the plot.")
+flags.DEFINE_boolean("rows", True, "Show each task's final accuracy.")
+
+
+def load_runs(patterns):
+    runs = []
+    for pattern in patterns:
+        for path in sorted(glob.glob(pattern)):
+            results = os.path.join(path, "results.json")
+            if os.path.isfile(results):
+                with open(results) as f:
+                    runs.append(json.load(f))
+    return runs
+
+
+def markdown_table(runs, rows=True):
+    head = ["method", "benchmark", "head", "ACC %", "BWT %", "FWT %",
+            "forgetting %"]
+    if rows:
+        head.append("final accuracy per task %")
+    head += ["train s", "bytes/task"]
+    lines = ["| " + " | ".join(head) + " |",
+             "|" + "---|" * len(head)]
+    for r in runs:
+        cells = [
+            r["method"], r["benchmark"], r["extra"].get("head", ""),
+            f"{100 * r['acc']:.2f}", f"{100 * r['bwt']:+.2f}",
+            f"{100 * r['fwt']:+.2f}", f"{100 * r['forgetting']:.2f}",
+        ]
+        if rows:
+            final = r["accuracy_matrix"][-1]
+            if len(final) > 10:
+                shown = f"min {100 * min(final):.1f}, max {100 * max(final):.1f}"
+            else:
+                shown = " ".join(f"{100 * a:.1f}" for a in final)
+            cells.append(shown)
+        cells += [f"{r['train_seconds']:.0f}", str(r["storage_bytes_per_task"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    if not FLAGS.runs:
+        print("error: --runs is required", file=sys.stderr)
+        sys.exit(2)
+    runs = load_runs(FLAGS.runs)
+    if not runs:
+        print(f"error: no results.json under {FLAGS.runs}", file=sys.stderr)
+        sys.exit(2)
+    print(markdown_table(runs, FLAGS.rows))
+    if FLAGS.plot:
+        from cl_zoo import plots
+
+        curves = {
+            r["method"]: r["extra"]["average_accuracy_curve"] for r in runs
+        }
+        with open(FLAGS.plot, "wb") as f:
+            f.write(plots.curve_png(curves, title=FLAGS.title))
+
+
+if __name__ == "__main__":
+    app.run(main)
