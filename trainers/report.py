@@ -52,7 +52,8 @@ def markdown_table(runs, rows=True):
         if rows:
             final = r["accuracy_matrix"][-1]
             if len(final) > 10:
-                shown = f"min {100 * min(final):.1f}, max {100 * max(final):.1f}"
+                low, high = 100 * min(final), 100 * max(final)
+                shown = f"min {low:.1f}, max {high:.1f}"
             else:
                 shown = " ".join(f"{100 * a:.1f}" for a in final)
             cells.append(shown)
