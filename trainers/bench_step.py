@@ -1,0 +1,110 @@
+r"""Times a method's training step against a plain Keras MLP of the same shape.
+
+    python -m trainers.bench_step --method=bd_ewc --benchmark=split_mnist \
+        [--steps=200] [--repeats=5] [--batch_size=128]
+
+Both models get the same layers' shapes, optimizer, batch size and in-memory
+batches, and are timed in alternation in one process (`model.fit` over a
+fixed number of steps after a warm-up, median of the repeats). The method's
+consolidation state is filled (as after a first task) so its penalty is
+really computed. Prints milliseconds per step and the ratio
+method / plain Keras.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("method", "bd_ewc", "Method to time.")
+flags.DEFINE_string("benchmark", "split_mnist", "Benchmark whose shapes and "
+                    "defaults to use.")
+flags.DEFINE_integer("steps", 200, "Training steps per timing.")
+flags.DEFINE_integer("repeats", 5, "Timings per model (median reported).")
+flags.DEFINE_integer("batch_size", 128, "Batch size.")
+
+
+def _plain_mlp(input_shape, hidden_units, num_classes, activation):
+    import keras
+
+    layers = [keras.Input(input_shape), keras.layers.Flatten()]
+    layers += [keras.layers.Dense(u, activation=activation)
+               for u in hidden_units]
+    layers.append(keras.layers.Dense(num_classes))
+    return keras.Sequential(layers)
+
+
+def _time_fit(model, dataset, steps):
+    start = time.perf_counter()
+    model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0,
+              shuffle=False)
+    return (time.perf_counter() - start) / steps
+
+
+def main(argv):
+    del argv
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from cl_zoo import benchmarks
+    from cl_zoo.config import resolve_config
+    from cl_zoo.methods import get_method
+    from cl_zoo.train_lib import make_optimizer
+
+    tf.get_logger().setLevel("ERROR")
+    cls = get_method(FLAGS.method)
+    config = resolve_config(cls, FLAGS.benchmark,
+                            {"batch_size": FLAGS.batch_size})
+    bm = benchmarks.get_benchmark(FLAGS.benchmark, seed=config.seed)
+    x, y = bm.train_arrays(0, head=config.head,
+                           limit=FLAGS.batch_size * 8)
+    dataset = (
+        tf.data.Dataset.from_tensor_slices((x, y))
+        .batch(FLAGS.batch_size, drop_remainder=True)
+        .cache()
+        .repeat()
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    model = cls.from_run_config(config, bm)
+    model.build_for_inputs()
+    model.compile(optimizer=make_optimizer(config), loss=loss)
+    model.build_optimizers()
+    model.begin_task(0, bm)
+    if model.consolidation is not None:
+        # Fill the penalty's state, as after a first task, so it is non-zero.
+        model.consolidation.end_task(model, 0, bm)
+        model.begin_task(1, bm)
+
+    width = bm.num_classes if config.head == "single" else bm.max_task_classes
+    plain = _plain_mlp(bm.input_shape, config.hidden_units, width,
+                       config.activation)
+    plain.compile(optimizer=make_optimizer(config), loss=loss)
+
+    times = {"method": [], "plain": []}
+    for m in (model, plain):  # warm-up: tracing
+        _time_fit(m, dataset, 20)
+    for _ in range(FLAGS.repeats):
+        times["method"].append(_time_fit(model, dataset, FLAGS.steps))
+        times["plain"].append(_time_fit(plain, dataset, FLAGS.steps))
+    method_ms = 1000 * statistics.median(times["method"])
+    plain_ms = 1000 * statistics.median(times["plain"])
+    params = sum(int(np.prod(v.shape)) for v in plain.trainable_variables)
+    print(f"benchmark {FLAGS.benchmark}, layers {config.hidden_units}, "
+          f"batch {FLAGS.batch_size}, optimizer {config.optimizer}, "
+          f"{params} weights")
+    print(f"{FLAGS.method}: {method_ms:.2f} ms/step")
+    print(f"plain Keras MLP: {plain_ms:.2f} ms/step")
+    print(f"ratio {FLAGS.method} / plain: {method_ms / plain_ms:.3f}")
+
+
+if __name__ == "__main__":
+    app.run(main)
