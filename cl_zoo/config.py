@@ -48,6 +48,7 @@ class RunConfig:
     fisher_samples: int = 1024
     fisher_mode: str = "empirical"
     ewc_gamma: float = 1.0
+    fisher_normalize: str = "none"
     # Bias units (BPN).
     bias_hidden: int = 200
     bias_update: str = "sign"
@@ -113,6 +114,8 @@ def _check(config: RunConfig):
         fail("lr", config.lr, "a positive finite number")
     if not (math.isfinite(config.ewc_lambda) and config.ewc_lambda >= 0):
         fail("ewc_lambda", config.ewc_lambda, "a non-negative number")
+    if config.fisher_normalize not in ("none", "max"):
+        fail("fisher_normalize", config.fisher_normalize, "none or max")
     if not 0.0 <= config.ewc_gamma <= 1.0:
         fail("ewc_gamma", config.ewc_gamma, "a number in [0, 1]")
     if not (math.isfinite(config.epsilon) and config.epsilon > 0):

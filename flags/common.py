@@ -21,7 +21,8 @@ CONFIG_FLAGS = (
     "epochs", "batch_size", "lr", "optimizer", "seed", "num_tasks", "head",
     "hidden_units", "architecture", "activation", "data_dir", "strategy",
     "num_cpu_devices", "consolidation", "ewc_lambda", "fisher_samples",
-    "fisher_mode", "ewc_gamma", "bias_hidden", "bias_update", "epsilon",
+    "fisher_mode", "fisher_normalize", "ewc_gamma", "bias_hidden",
+    "bias_update", "epsilon",
     "bias_layers", "eval_batch_size", "eval_examples", "export", "verbose",
     "overwrite", "model_dir",
 )
@@ -119,6 +120,11 @@ def define_run_flags():
         "Fisher estimate: 'empirical' (true labels), 'true' (labels sampled "
         "from the model) or 'expected' (exact expectation over classes). "
         "Default empirical.",
+    )
+    flags.DEFINE_string(
+        "fisher_normalize", None,
+        "'none', or 'max': divide each task's Fisher by its largest entry, "
+        "so every task is protected on one scale. Default none.",
     )
     flags.DEFINE_float("ewc_gamma", None, "Online EWC's decay of the old "
                        "Fisher, in [0, 1]. Default 0.9 for online_ewc.")

@@ -204,3 +204,14 @@ def test_ewc_penalty_holds_old_weights(tiny_benchmark):
     held_drift, held_accuracy = drift(1e4)
     assert held_drift < 0.2 * free_drift
     assert free_accuracy < 0.5 < 0.9 < held_accuracy
+
+
+def test_max_normalized_fisher_peaks_at_one(tiny_benchmark):
+    model = _model(tiny_benchmark)
+    ewc = EWC(1.0, fisher_samples=16, normalize="max")
+    ewc.build(model)
+    ewc.end_task(model, 0, tiny_benchmark)
+    top = max(float(v.numpy().max()) for v in ewc.importance)
+    assert top == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="normalize"):
+        EWC(1.0, normalize="sum")

@@ -10,9 +10,13 @@ memory does not grow with the number of tasks. Online EWC (Schwarz et al.,
 
 from __future__ import annotations
 
+from keras import ops
+
 from cl_zoo.consolidation import fisher as fisher_lib
 from cl_zoo.consolidation.base import QuadraticConsolidation
 from cl_zoo.consolidation.penalties import merge_quadratic
+
+FISHER_NORMALIZATIONS = ("none", "max")
 
 
 class EWC(QuadraticConsolidation):
@@ -27,6 +31,10 @@ class EWC(QuadraticConsolidation):
         gamma: online EWC's decay of the old Fisher.
         chunk_size: examples per vectorized per-example-gradient chunk.
         seed: seed of the Fisher's data order and label sampling.
+        normalize: `"none"`, or `"max"` to divide each task's Fisher by its
+            largest entry before it joins the penalty, so that every task is
+            protected on the same scale however confident the model was on
+            it (a saturated softmax makes the raw Fisher vanish).
     """
 
     name = "ewc"
@@ -40,8 +48,15 @@ class EWC(QuadraticConsolidation):
         gamma=1.0,
         chunk_size=128,
         seed=0,
+        normalize="none",
     ):
         super().__init__(strength)
+        if normalize not in FISHER_NORMALIZATIONS:
+            raise ValueError(
+                f"Expected `normalize` in {FISHER_NORMALIZATIONS}. "
+                f"Received: normalize={normalize!r}"
+            )
+        self.normalize = normalize
         if fisher_mode not in fisher_lib.FISHER_MODES:
             raise ValueError(
                 f"Expected `fisher_mode` in {fisher_lib.FISHER_MODES}. "
@@ -94,6 +109,10 @@ class EWC(QuadraticConsolidation):
     def end_task(self, model, task, benchmark):
         super().end_task(model, task, benchmark)
         fishers = self.fisher(model, task, benchmark)
+        if self.normalize == "max":
+            top = max(float(ops.max(f)) for f in fishers)
+            if top > 0:
+                fishers = [f / top for f in fishers]
         for imp, anchor, param, f in zip(
             self.importance, self.anchor, self.params, fishers
         ):
@@ -114,4 +133,5 @@ class EWC(QuadraticConsolidation):
             "fisher_mode": self.fisher_mode,
             "online": self.online,
             "gamma": self.gamma,
+            "normalize": self.normalize,
         }

@@ -13,6 +13,7 @@ def _ewc(config, online):
         online=online,
         gamma=config.ewc_gamma if online else 1.0,
         seed=config.seed,
+        normalize=config.fisher_normalize,
     )
 
 
