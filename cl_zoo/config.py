@@ -16,6 +16,8 @@ import math
 
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored")
 OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
+HEADS = ("single", "multi", "shared")
+LOSSES = ("softmax", "sigmoid")
 
 
 class ConfigError(ValueError):
@@ -54,6 +56,11 @@ class RunConfig:
     bias_update: str = "sign"
     epsilon: float = 0.01
     bias_layers: str = "all"
+    # Memory units (AMN); `epsilon` is also their sign step.
+    memory_units: int = 9
+    memory_update: str = "sign"
+    # Training loss over the logits.
+    loss: str = "softmax"
     # Evaluation and outputs.
     eval_batch_size: int = 1000
     eval_examples: int = 0
@@ -101,7 +108,8 @@ def _check(config: RunConfig):
         )
 
     for name in ("epochs", "batch_size", "num_cpu_devices",
-                 "fisher_samples", "eval_batch_size", "bias_hidden"):
+                 "fisher_samples", "eval_batch_size", "bias_hidden",
+                 "memory_units"):
         value = getattr(config, name)
         if not isinstance(value, int) or value < 1:
             fail(name, value, "a positive integer")
@@ -124,12 +132,16 @@ def _check(config: RunConfig):
         fail("bias_update", config.bias_update, "sign or grad")
     if config.bias_layers not in ("all", "last"):
         fail("bias_layers", config.bias_layers, "all or last")
+    if config.memory_update not in ("sign", "grad"):
+        fail("memory_update", config.memory_update, "sign or grad")
+    if config.loss not in LOSSES:
+        fail("loss", config.loss, " or ".join(LOSSES))
     if config.optimizer not in OPTIMIZERS:
         fail("optimizer", config.optimizer, f"one of {', '.join(OPTIMIZERS)}")
     if config.strategy not in STRATEGIES:
         fail("strategy", config.strategy, f"one of {', '.join(STRATEGIES)}")
-    if config.head not in ("single", "multi"):
-        fail("head", config.head, "single or multi")
+    if config.head not in HEADS:
+        fail("head", config.head, "single, multi or shared")
     if config.architecture not in ("mlp", "lenet"):
         fail("architecture", config.architecture, "mlp or lenet")
     if config.fisher_mode not in ("empirical", "true", "expected"):

@@ -53,7 +53,7 @@ def _save_atomically(module, path, signatures):
 
 def task_widths(model):
     """Output width of each task's export."""
-    if model.head_mode == "single":
+    if model.label_mode == "single":
         return [model.num_classes] * model.num_tasks
     return [len(c) for c in model.task_classes]
 

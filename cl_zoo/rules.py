@@ -23,12 +23,18 @@ from cl_zoo.methods.base import cross_replica_sum
 class SignGradientRule:
     """`v <- v - epsilon * sign(grad)` for a group of variables.
 
+    `sign=False` gives the ablation in the gradient direction,
+    `v <- v - epsilon * grad`: the same step scale and plain SGD, so the two
+    differ only by the sign (an adaptive main optimizer such as Adam would
+    itself make the steps sign-like and blur the ablation).
+
     Args:
         epsilon: the step size (the paper's eps of the FGSM update).
         name: a label for logs.
+        sign: take the sign of the (all-reduced) gradient.
     """
 
-    def __init__(self, epsilon, name="sign_rule"):
+    def __init__(self, epsilon, name="sign_rule", sign=True):
         if not epsilon > 0:
             raise ValueError(
                 "Expected a positive `epsilon` for the sign rule. "
@@ -36,6 +42,7 @@ class SignGradientRule:
             )
         self.epsilon = float(epsilon)
         self.name = name
+        self.sign = bool(sign)
         self.variables = []
         self.optimizer = None
 
@@ -53,6 +60,12 @@ class SignGradientRule:
         self.optimizer.build(self.variables)
 
     def apply(self, grads):
+        if not self.sign:
+            # Linear in the gradient: apply's sum over replicas is right.
+            self.optimizer.apply(
+                [self.epsilon * g for g in grads], self.variables
+            )
+            return
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         updates = [
             self.epsilon * ops.sign(cross_replica_sum(g)) / replicas

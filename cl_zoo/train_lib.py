@@ -29,6 +29,7 @@ from cl_zoo import export as export_lib
 from cl_zoo import metrics as metrics_lib
 from cl_zoo import plots
 from cl_zoo.config import ConfigError, RunConfig
+from cl_zoo.losses import make_loss
 from cl_zoo.methods import get_method
 
 PROGRESS_FILE = "progress.json"
@@ -185,7 +186,7 @@ class Evaluator:
             dataset = self.benchmark.test_dataset(
                 task,
                 self.batch_size,
-                head=self.model.head_mode,
+                head=self.model.label_mode,
                 with_task_id=True,
             )
             if self.max_examples:
@@ -312,9 +313,7 @@ class ContinualRun:
             optimizer = make_optimizer(config)
             self.model.compile(
                 optimizer=optimizer,
-                loss=keras.losses.SparseCategoricalCrossentropy(
-                    from_logits=True
-                ),
+                loss=make_loss(config.loss),
                 metrics=[keras.metrics.SparseCategoricalAccuracy("accuracy")],
             )
             self.model.build_optimizers()
@@ -558,6 +557,9 @@ class ContinualRun:
         return results
 
 
-def run(config: RunConfig, benchmark=None):
-    """Trains `config.method` on the benchmark's tasks; returns results."""
-    return ContinualRun(config, benchmark=benchmark).run()
+def run(config: RunConfig, benchmark=None, strategy=None):
+    """Trains `config.method` on the benchmark's tasks; returns results.
+
+    `benchmark` and `strategy` default to the ones `config` names.
+    """
+    return ContinualRun(config, benchmark=benchmark, strategy=strategy).run()

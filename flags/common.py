@@ -11,6 +11,7 @@ from absl import flags
 
 from cl_zoo.config import (
     BENCHMARK_DEFAULTS,
+    LOSSES,
     OPTIMIZERS,
     STRATEGIES,
     ConfigError,
@@ -23,7 +24,8 @@ CONFIG_FLAGS = (
     "num_cpu_devices", "consolidation", "ewc_lambda", "fisher_samples",
     "fisher_mode", "fisher_normalize", "ewc_gamma", "bias_hidden",
     "bias_update", "epsilon",
-    "bias_layers", "eval_batch_size", "eval_examples", "export", "verbose",
+    "bias_layers", "memory_units", "memory_update", "loss",
+    "eval_batch_size", "eval_examples", "export", "verbose",
     "overwrite", "model_dir",
 )
 
@@ -75,8 +77,11 @@ def define_run_flags():
     flags.DEFINE_string(
         "head", None,
         "Output layer: 'single' (one head over all classes of the benchmark, "
-        "the incremental setting) or 'multi' (one head per task). Default: "
-        "the method's (single for sgd/ewc/joint, multi for finetune, "
+        "the incremental setting; the AMN paper's '9 individual outputs'), "
+        "'multi' (one head per task) or 'shared' (one head as wide as the "
+        "widest task, shared by all tasks, labels indexing each task's "
+        "classes; the AMN paper's '3 shared outputs'). Default: the "
+        "method's (single for sgd/ewc/joint/ad/ad_ewc, multi for finetune, "
         "sgd_freeze, stl).",
     )
     flags.DEFINE_list(
@@ -136,15 +141,41 @@ def define_run_flags():
     flags.DEFINE_string(
         "bias_update", None,
         "BPN: how M_t moves: 'sign' (beneficial direction, "
-        "M -= epsilon * sign(grad)) or 'grad' (plain optimizer steps, the "
-        "GD ablation). Default: sign for bd_*, grad for gd_ewc.",
+        "M -= epsilon * sign(grad)) or 'grad' (M -= epsilon * grad, the GD "
+        "ablation). Default: sign for bd_*, grad for gd_ewc.",
     )
-    flags.DEFINE_float("epsilon", None, "BPN: step of the sign update of "
-                       "the bias-unit factors M_t.")
+    flags.DEFINE_float(
+        "epsilon", None,
+        "Step of the sign updates: BPN's bias-unit factors M_t (beneficial "
+        "direction) and AMN's memory units X_t (adversarial direction), "
+        "v -= epsilon * sign(grad) per training step. Default: the method's "
+        "for the benchmark (bd_*: 0.01 unless the benchmark sets one; "
+        "ad/ad_ewc: 0.001, a choice of ours: the paper does not give it).",
+    )
     flags.DEFINE_string(
         "bias_layers", None,
         "BPN: 'all' (bias units in every dense layer and the single head) or "
         "'last' (the last hidden layer only, as in BPN-2019). Default all.",
+    )
+    flags.DEFINE_integer(
+        "memory_units", None,
+        "AMN (ad, ad_ewc): memory units per task in every memory layer "
+        "(each with memory weights into the layer's neurons). The paper "
+        "finds 6 to 9 best. Default 9.",
+    )
+    flags.DEFINE_string(
+        "memory_update", None,
+        "AMN: how the memory units move: 'sign' (adversarial direction, "
+        "X -= epsilon * sign(grad), the paper's method) or 'grad' (plain "
+        "optimizer steps, the paper's 'gradient memory units' ablation). "
+        "Memory weights always take optimizer steps. Default sign.",
+    )
+    flags.DEFINE_string(
+        "loss", None,
+        f"Training loss over the logits, one of: {', '.join(LOSSES)}. "
+        "'softmax': softmax cross-entropy; 'sigmoid': one-hot targets and "
+        "binary cross-entropy per output (mean over outputs), compared in "
+        "the AMN paper. Default softmax.",
     )
     flags.DEFINE_integer("eval_batch_size", None, "Evaluation batch size. "
                          "Default 1000.")

@@ -52,3 +52,14 @@ def make_tiny_benchmark(
 @pytest.fixture
 def tiny_benchmark():
     return make_tiny_benchmark()
+
+
+@pytest.fixture(scope="session")
+def mirrored_strategy():
+    """One MirroredStrategy over the two logical CPUs for the whole session.
+
+    Two strategy objects in one process can hand their collective ops the
+    same instance keys and abort with a shape mismatch; a process runs one
+    strategy in production, so the tests share one too.
+    """
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

@@ -56,7 +56,7 @@ def test_method_learns_each_task(name, tiny_benchmark):
         history = train_task(model, tiny_benchmark, task, epochs=8)
         assert np.isfinite(history.history["loss"][-1])
     model.task.assign(1)
-    x, y = tiny_benchmark.test_arrays(1, head=model.head_mode)
+    x, y = tiny_benchmark.test_arrays(1, head=model.label_mode)
     pred = np.argmax(model.predict(x, verbose=0), axis=-1)
     assert np.mean(pred == y) > 0.85
 
@@ -65,7 +65,7 @@ def test_method_learns_each_task(name, tiny_benchmark):
 def test_config_round_trip_and_keras_file(name, tiny_benchmark, tmp_path):
     model = build(name, tiny_benchmark)
     model.task.assign(1)
-    x, _ = tiny_benchmark.test_arrays(1, head=model.head_mode)
+    x, _ = tiny_benchmark.test_arrays(1, head=model.label_mode)
     clone = model.__class__.from_config(model.get_config())
     clone.build_for_inputs()
     assert clone.get_config() == model.get_config()

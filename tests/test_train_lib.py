@@ -209,11 +209,12 @@ def test_other_settings_on_unfinished_run_are_refused(tmp_path,
         train_lib.ContinualRun(config, benchmark=tiny_benchmark)
 
 
-def test_mirrored_two_replicas_trains(tmp_path, tiny_benchmark):
+def test_mirrored_two_replicas_trains(tmp_path, tiny_benchmark,
+                                      mirrored_strategy):
     config = config_for(tmp_path, method="ewc", head="multi",
                         strategy="mirrored", num_cpu_devices=2, export=False)
-    results = train_lib.run(config, benchmark=tiny_benchmark)
-    print(results["accuracy_matrix"])
+    results = train_lib.run(config, benchmark=tiny_benchmark,
+                            strategy=mirrored_strategy)
     assert np.all(np.diag(np.array(results["accuracy_matrix"])) > 0.9)
 
 

@@ -49,12 +49,12 @@ def _time_fit(model, dataset, steps):
 
 def main(argv):
     del argv
-    import keras
     import numpy as np
     import tensorflow as tf
 
     from cl_zoo import benchmarks
     from cl_zoo.config import resolve_config
+    from cl_zoo.losses import make_loss
     from cl_zoo.methods import get_method
     from cl_zoo.train_lib import make_optimizer
 
@@ -63,7 +63,8 @@ def main(argv):
     config = resolve_config(cls, FLAGS.benchmark,
                             {"batch_size": FLAGS.batch_size})
     bm = benchmarks.get_benchmark(FLAGS.benchmark, seed=config.seed)
-    x, y = bm.train_arrays(0, head=config.head,
+    model = cls.from_run_config(config, bm)
+    x, y = bm.train_arrays(0, head=model.label_mode,
                            limit=FLAGS.batch_size * 8)
     dataset = (
         tf.data.Dataset.from_tensor_slices((x, y))
@@ -72,9 +73,8 @@ def main(argv):
         .repeat()
         .prefetch(tf.data.AUTOTUNE)
     )
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    loss = make_loss(config.loss)
 
-    model = cls.from_run_config(config, bm)
     model.build_for_inputs()
     model.compile(optimizer=make_optimizer(config), loss=loss)
     model.build_optimizers()

@@ -91,7 +91,7 @@ class EWC(QuadraticConsolidation):
         dataset = benchmark.train_dataset(
             task,
             self.chunk_size,
-            head=model.head_mode,
+            head=model.label_mode,
             seed=self.seed + 7919 * (task + 1),
             drop_remainder=False,
             with_task_id=True,

@@ -1,4 +1,5 @@
-"""Output heads: one shared head, or one head per task."""
+"""Output heads: one head over all classes, one per task, or one shared
+by all tasks with per-task labels."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from keras import ops
 # widest task: far below any real logit, finite so that softmax stays exact.
 _MASKED_LOGIT = -1e9
 
-HEAD_MODES = ("single", "multi")
+HEAD_MODES = ("single", "multi", "shared")
 
 
 @keras.saving.register_keras_serializable(package="cl_zoo")
@@ -21,9 +22,13 @@ class TaskHead(keras.layers.Layer):
     per task, padded to the widest task; each example reads the head of its
     task and the padding classes of narrower tasks get a logit of -1e9, so
     shapes never depend on the task and switching tasks does not retrace.
+    With `mode="shared"` one dense head as wide as the widest task serves
+    every task (labels are indices into the task's classes, so output k
+    stands for a different class in each task: the "3 shared outputs" of the
+    AMN paper); padding classes of narrower tasks are masked as in `"multi"`.
 
     Args:
-        mode: `"single"` or `"multi"`.
+        mode: `"single"`, `"multi"` or `"shared"`.
         num_classes: width of the single head (every class of the benchmark).
         task_sizes: number of classes of each task (multi-head only needs it;
             its length is the number of tasks).
@@ -38,7 +43,7 @@ class TaskHead(keras.layers.Layer):
 
     Output shape:
         `(batch, num_classes)` for one head, `(batch, max(task_sizes))` for
-        one head per task.
+        one head per task or a shared head.
     """
 
     task_conditioned = True
@@ -84,7 +89,7 @@ class TaskHead(keras.layers.Layer):
 
     def build(self, input_shape):
         features = input_shape[-1]
-        heads = 1 if self.mode == "single" else self.num_tasks
+        heads = self.num_tasks if self.mode == "multi" else 1
         width = self.output_width
         self.kernel = self.add_weight(
             name="kernel",
@@ -94,7 +99,7 @@ class TaskHead(keras.layers.Layer):
         self.bias = self.add_weight(
             name="bias", shape=(heads * width,), initializer="zeros"
         )
-        if self.mode == "multi":
+        if self.mode != "single":
             valid = [
                 [1.0 if c < size else 0.0 for c in range(width)]
                 for size in self.task_sizes
@@ -110,12 +115,14 @@ class TaskHead(keras.layers.Layer):
         logits = ops.matmul(inputs, self.kernel) + self.bias
         if self.mode == "single":
             return logits
+        task_ids = ops.cast(task_ids, "int32")
+        mask = ops.take(self.class_mask, task_ids, axis=0)
+        if self.mode == "shared":
+            return ops.where(mask > 0, logits, _MASKED_LOGIT)
         width = self.output_width
         logits = ops.reshape(logits, (-1, self.num_tasks, width))
-        task_ids = ops.cast(task_ids, "int32")
         select = ops.one_hot(task_ids, self.num_tasks, dtype=logits.dtype)
         logits = ops.einsum("btw,bt->bw", logits, select)
-        mask = ops.take(self.class_mask, task_ids, axis=0)
         return ops.where(mask > 0, logits, _MASKED_LOGIT)
 
     def compute_output_shape(self, input_shape):
@@ -123,7 +130,7 @@ class TaskHead(keras.layers.Layer):
 
     def per_task_bytes(self):
         """Bytes one more task adds to this head (0 for a shared head)."""
-        if self.mode == "single":
+        if self.mode != "multi":
             return 0
         features = self.kernel.shape[0]
         return 4 * (features + 1) * self.output_width

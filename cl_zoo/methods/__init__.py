@@ -1,6 +1,7 @@
 """Continual-learning methods, one module each, registered by contract name."""
 
 from cl_zoo.methods import (  # noqa: F401  (imported to register)
+    amn,
     bpn,
     ewc,
     finetune,

@@ -8,7 +8,8 @@
 - a backbone (an MLP, or LeNet's conv/pool stack followed by dense layers)
   whose layers are made by `make_hidden_layer`, which methods override to put
   in their own layers (bias units, memory units...);
-- a head shared by all tasks (`head="single"`) or one per task (`"multi"`);
+- a head over all classes (`head="single"`), one per task (`"multi"`), or
+  one as wide as the widest task shared by all tasks (`"shared"`);
 - begin-task / end-task hooks (`begin_task`, `end_task`) for what a method
   does between tasks (consolidation state, freezing, new tables);
 - a place for consolidation penalties (`compute_loss`, through a pluggable
@@ -51,8 +52,9 @@ class ContinualModel(keras.Model):
         task_classes: global class ids of each task; its length is the
             number of tasks.
         head: `"single"` (one head over all classes; labels are global class
-            ids) or `"multi"` (one head per task; labels index
-            `task_classes[t]`).
+            ids), `"multi"` (one head per task; labels index
+            `task_classes[t]`) or `"shared"` (one head of the widest task's
+            width shared by all tasks; labels index `task_classes[t]`).
         hidden_units: widths of the dense hidden layers.
         architecture: `"mlp"`, or `"lenet"` (two conv/pool blocks before the
             dense layers).
@@ -158,6 +160,15 @@ class ContinualModel(keras.Model):
     @property
     def num_tasks(self):
         return len(self.task_classes)
+
+    @property
+    def label_mode(self):
+        """The benchmark's label mode for this head (its `head=` argument).
+
+        `"single"`: global class ids; `"multi"`: indices into
+        `task_classes[t]` (for one head per task and for a shared head).
+        """
+        return "single" if self.head_mode == "single" else "multi"
 
     def make_feature_layers(self):
         """Layers before the dense stack (LeNet's conv/pool blocks)."""
@@ -360,7 +371,7 @@ class ContinualModel(keras.Model):
     def train_dataset(self, task, benchmark, batch_size, seed=0):
         """The data the method trains on while learning `task`."""
         return benchmark.train_dataset(
-            task, batch_size, head=self.head_mode, seed=seed
+            task, batch_size, head=self.label_mode, seed=seed
         )
 
     def _check_task(self, task):

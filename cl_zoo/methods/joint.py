@@ -19,5 +19,5 @@ class Joint(ContinualModel):
 
     def train_dataset(self, task, benchmark, batch_size, seed=0):
         return benchmark.joint_train_dataset(
-            list(range(task + 1)), batch_size, head=self.head_mode, seed=seed
+            list(range(task + 1)), batch_size, head=self.label_mode, seed=seed
         )

@@ -1,7 +1,6 @@
 """PSP: binary parameter superposition (Cheung et al., NeurIPS 2019)."""
 
 from cl_zoo.layers.bias_units import SuperpositionDense
-from cl_zoo.layers.heads import TaskHead
 from cl_zoo.methods.base import ContinualModel
 from cl_zoo.methods.registry import register
 
@@ -31,11 +30,11 @@ class PSP(ContinualModel):
         )
 
     def make_head(self):
-        if self.head_mode == "multi":
-            return TaskHead(
-                "multi", self.num_classes,
-                [len(c) for c in self.task_classes], name="head",
-            )
+        if self.head_mode != "single":
+            # One head per task ("multi") or one over local labels
+            # ("shared"): the base model's TaskHead, without keys or bias
+            # units.
+            return super().make_head()
         return SuperpositionDense(
             self.num_classes, self.num_tasks,
             key_seed=self.key_seed * 1000 + 999, name="head",
