@@ -29,7 +29,7 @@ from keras import ops
 
 from cl_zoo.layers.heads import TaskHead
 from cl_zoo.layers.memory_units import MemoryNeuronDense
-from cl_zoo.methods.base import ContinualModel
+from cl_zoo.methods.base import ContinualModel, check_choice
 from cl_zoo.methods.registry import register
 from cl_zoo.rules import SignGradientRule
 
@@ -71,16 +71,8 @@ class AMN(ContinualModel):
         memory_seed=0,
         **kwargs,
     ):
-        if memory_update not in MEMORY_UPDATES:
-            raise ValueError(
-                f"Expected `memory_update` in {MEMORY_UPDATES}. "
-                f"Received: memory_update={memory_update!r}"
-            )
-        if freeze_after_first not in FREEZES:
-            raise ValueError(
-                f"Expected `freeze_after_first` in {FREEZES}. "
-                f"Received: freeze_after_first={freeze_after_first!r}"
-            )
+        check_choice("memory_update", memory_update, MEMORY_UPDATES)
+        check_choice("freeze_after_first", freeze_after_first, FREEZES)
         self.memory_units = int(memory_units)
         self.memory_update = memory_update
         self.epsilon = float(epsilon)

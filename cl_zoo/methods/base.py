@@ -34,6 +34,16 @@ from cl_zoo.layers.heads import HEAD_MODES, TaskHead
 ARCHITECTURES = ("mlp", "lenet")
 
 
+def check_choice(name, value, allowed):
+    """Raises a Keras-style ValueError unless `value` is one of `allowed`."""
+    if value not in allowed:
+        raise ValueError(
+            f"Expected `{name}` in {tuple(allowed)}. "
+            f"Received: {name}={value!r}"
+        )
+    return value
+
+
 def _positive_int(name, value):
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(

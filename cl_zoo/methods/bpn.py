@@ -21,7 +21,7 @@ and the factors are dropped (re-initialized for the next task).
 from __future__ import annotations
 
 from cl_zoo.layers.bias_units import BiasUnitDense, SuperpositionDense
-from cl_zoo.methods.base import ContinualModel
+from cl_zoo.methods.base import ContinualModel, check_choice
 from cl_zoo.methods.registry import register
 from cl_zoo.rules import SignGradientRule
 
@@ -56,16 +56,8 @@ class BPN(ContinualModel):
         key_seed=0,
         **kwargs,
     ):
-        if bias_update not in BIAS_UPDATES:
-            raise ValueError(
-                f"Expected `bias_update` in {BIAS_UPDATES}. "
-                f"Received: bias_update={bias_update!r}"
-            )
-        if bias_layers not in BIAS_LAYERS:
-            raise ValueError(
-                f"Expected `bias_layers` in {BIAS_LAYERS}. "
-                f"Received: bias_layers={bias_layers!r}"
-            )
+        check_choice("bias_update", bias_update, BIAS_UPDATES)
+        check_choice("bias_layers", bias_layers, BIAS_LAYERS)
         self.bias_hidden = int(bias_hidden)
         self.bias_update = bias_update
         self.epsilon = float(epsilon)
