@@ -166,8 +166,9 @@ def define_run_flags():
     flags.DEFINE_string(
         "memory_update", None,
         "AMN: how the memory units move: 'sign' (adversarial direction, "
-        "X -= epsilon * sign(grad), the paper's method) or 'grad' (plain "
-        "optimizer steps, the paper's 'gradient memory units' ablation). "
+        "X -= epsilon * sign(grad), the paper's method) or 'grad' "
+        "(X -= epsilon * grad, the paper's 'gradient memory units' "
+        "ablation). "
         "Memory weights always take optimizer steps. Default sign.",
     )
     flags.DEFINE_string(

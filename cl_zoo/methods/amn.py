@@ -49,7 +49,7 @@ class AMN(ContinualModel):
     Args:
         memory_units: memory units per task in every memory layer.
         memory_update: `"sign"` (adversarial direction, eps * sign(grad)) or
-            `"grad"` (the ablation: the main optimizer updates the units).
+            `"grad"` (the ablation: eps * grad, plain SGD).
         epsilon: the sign step of the memory units.
         freeze_after_first: what stops training after the first task:
             `"none"`, `"features"` (the conv/pool stack of LeNet) or
@@ -83,9 +83,14 @@ class AMN(ContinualModel):
         self.frozen = keras.Variable(
             0.0, dtype="float32", trainable=False, name="frozen"
         )
-        if memory_update == "sign":
-            self.sign_rule = SignGradientRule(self.epsilon, "adversarial")
-            self.gradient_rules = [self.sign_rule]
+        # X_t moves by eps * sign(grad) (adversarial direction), or, in the
+        # ablation, by eps * grad: same step scale, no sign (see BPN).
+        self.sign_rule = SignGradientRule(
+            self.epsilon,
+            "adversarial" if memory_update == "sign" else "gradient",
+            sign=memory_update == "sign",
+        )
+        self.gradient_rules = [self.sign_rule]
 
     @classmethod
     def init_args_from_config(cls, config):
@@ -150,10 +155,9 @@ class AMN(ContinualModel):
 
     # Training -------------------------------------------------------------
     def build_optimizers(self):
-        if self.memory_update == "sign":
-            self.sign_rule.bind(
-                [layer.memory_values for layer in self.memory_layers()]
-            )
+        self.sign_rule.bind(
+            [layer.memory_values for layer in self.memory_layers()]
+        )
         super().build_optimizers()
 
     def shared_trainable_variables(self):
