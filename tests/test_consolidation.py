@@ -215,3 +215,23 @@ def test_max_normalized_fisher_peaks_at_one(tiny_benchmark):
     assert top == pytest.approx(1.0)
     with pytest.raises(ValueError, match="normalize"):
         EWC(1.0, normalize="sum")
+
+
+def test_quadratic_penalty_gradient_is_closed_form():
+    rng = np.random.default_rng(0)
+    p = tf.Variable(rng.normal(size=(3, 4)).astype("float32"))
+    b = tf.Variable(rng.normal(size=(4,)).astype("float32"))
+    anchors = [rng.normal(size=(3, 4)), rng.normal(size=(4,))]
+    weights = [rng.random((3, 4)), rng.random(4)]
+    with tf.GradientTape() as tape:
+        value = quadratic_penalty([p, b], anchors, weights)
+    gp, gb = tape.gradient(value, [p, b])
+    expected = sum(
+        np.sum(w * (v.numpy() - a) ** 2)
+        for v, a, w in zip([p, b], anchors, weights)
+    )
+    assert float(value) == pytest.approx(expected, rel=1e-5)
+    np.testing.assert_allclose(gp, 2 * weights[0] * (p.numpy() - anchors[0]),
+                               rtol=1e-5)
+    np.testing.assert_allclose(gb, 2 * weights[1] * (b.numpy() - anchors[1]),
+                               rtol=1e-5)
