@@ -225,8 +225,10 @@ def test_method_trains_and_round_trips(name, tiny_benchmark, tmp_path):
 def test_storage_is_units_and_weights_per_task():
     config = resolve_config(get_method("ad_ewc"), "disjoint_mnist", {})
     assert config.hidden_units == (300,) * 5 and config.epochs == 20
-    assert config.memory_units == 9 and config.head == "single"
+    assert config.memory_units == 9 and config.head == "shared"
     assert config.consolidation == "ewc" and config.memory_update == "sign"
+    assert (config.epsilon, config.ewc_lambda) == (1.0, 1000.0)
+    assert resolve_config(get_method("ad"), "disjoint_mnist", {}).epsilon == 0.1
     model = AMN(
         input_shape=(28, 28, 1), num_classes=10,
         task_classes=[[0, 1, 2], [4, 5, 6], [7, 8, 9]],
