@@ -88,3 +88,18 @@ def decision_boundary_png(grids, extent, points, title=""):
     fig.colorbar(image, ax=list(axes[0]), label="P(black cluster)")
     fig.suptitle(title)
     return _png(fig)
+
+
+def sweep_png(xs, series, xlabel, title="", ylabel="test accuracy"):
+    """Line plot of several named series against one swept setting."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, ys in series.items():
+        ax.plot(xs, ys, marker="o", label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0.0, 1.02)
+    ax.set_xticks(list(xs))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title)
+    return _png(fig)

@@ -28,3 +28,13 @@ def test_table_from_run_directories(tmp_path):
         "| 80.0 95.0 | 12 | 40 |"
     )
     assert table[3].startswith("| sgd |")
+
+
+def test_sweep_plot_is_a_png(tmp_path):
+    runs = []
+    for units, acc in ((1, 0.5), (9, 0.8)):
+        r = _results("ad_ewc", acc)
+        r["config"] = {"memory_units": units}
+        runs.append(r)
+    png = report.sweep_plot(runs, "memory_units", "sweep")
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"

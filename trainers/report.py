@@ -22,6 +22,12 @@ flags.DEFINE_list("runs", None, "Run directories or globs of them.")
 flags.DEFINE_string("plot", None, "Write the accuracy curves to this PNG.")
 flags.DEFINE_string("title", "", "Title of the plot.")
 flags.DEFINE_boolean("rows", True, "Show each task's final accuracy.")
+flags.DEFINE_string(
+    "sweep", None,
+    "A config key (e.g. memory_units): with --plot, plot task-1 accuracy "
+    "after the last task and ACC against that setting instead of the "
+    "accuracy curves.",
+)
 
 
 def load_runs(patterns):
@@ -75,11 +81,36 @@ def main(argv):
     if FLAGS.plot:
         from cl_zoo import plots
 
-        curves = {
-            r["method"]: r["extra"]["average_accuracy_curve"] for r in runs
-        }
+        if FLAGS.sweep:
+            png = sweep_plot(runs, FLAGS.sweep, FLAGS.title)
+        else:
+            curves = {
+                r["method"]: r["extra"]["average_accuracy_curve"]
+                for r in runs
+            }
+            png = plots.curve_png(curves, title=FLAGS.title)
         with open(FLAGS.plot, "wb") as f:
-            f.write(plots.curve_png(curves, title=FLAGS.title))
+            f.write(png)
+
+
+def sweep_plot(runs, key, title=""):
+    """PNG: task-1 accuracy after the last task and ACC against `key`."""
+    from cl_zoo import plots
+
+    missing = [r["method"] for r in runs if key not in r["config"]]
+    if missing:
+        print(f"error: runs without config key {key!r}: {missing}",
+              file=sys.stderr)
+        sys.exit(2)
+    runs = sorted(runs, key=lambda r: r["config"][key])
+    xs = [r["config"][key] for r in runs]
+    series = {
+        "task 1 after the last task": [
+            r["accuracy_matrix"][-1][0] for r in runs
+        ],
+        "ACC": [r["acc"] for r in runs],
+    }
+    return plots.sweep_png(xs, series, xlabel=key, title=title)
 
 
 if __name__ == "__main__":
