@@ -332,3 +332,32 @@ def test_run_with_sigmoid_loss_and_shared_head(tmp_path, tiny_benchmark):
     )
     # The shared head's exports score each task's own classes.
     assert export_lib.task_widths(run.model) == [2, 2, 2]
+
+
+def test_disjoint_cifar10_runs_end_to_end_on_mock_data(tmp_path, monkeypatch):
+    """The AMN CIFAR protocol (LeNet, memory layers) through the trainer.
+
+    Mock images and labels: this checks the pipeline, not the accuracy,
+    which is not measured (tensorflow-datasets cannot download here).
+    """
+    import os
+
+    import tensorflow_datasets as tfds
+
+    from cl_zoo import benchmarks
+    from cl_zoo.benchmarks import tfds_sets
+
+    monkeypatch.setattr(tfds_sets, "_network_reachable", lambda name: True)
+    with tfds.testing.mock_data(num_examples=300):
+        bm = benchmarks.get_benchmark("disjoint_cifar10",
+                                      data_dir=str(tmp_path / "data"))
+    config = resolve_config(get_method("ad_ewc"), "disjoint_cifar10", {
+        "model_dir": str(tmp_path / "run"), "epochs": 1, "batch_size": 16,
+        "hidden_units": (16, 16), "fisher_samples": 16, "verbose": 0,
+    })
+    assert config.architecture == "lenet"
+    results = train_lib.run(config, benchmark=bm)
+    assert len(results["accuracy_matrix"]) == 3
+    assert os.path.isfile(
+        tmp_path / "run" / "export" / "all_tasks" / "saved_model.pb"
+    )
