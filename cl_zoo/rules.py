@@ -50,9 +50,6 @@ class SignGradientRule:
         """Takes ownership of `variables` (call before `build`)."""
         self.variables = list(variables)
 
-    def owns(self, variable):
-        return any(variable is v for v in self.variables)
-
     def build(self):
         self.optimizer = keras.optimizers.SGD(
             learning_rate=1.0, name=f"{self.name}_sgd"

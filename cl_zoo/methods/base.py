@@ -398,7 +398,11 @@ class ContinualModel(keras.Model):
         return list(self.trainable_variables)
 
     def storage_bytes_per_task(self):
-        """Bytes of parameters that one more task adds to the model."""
+        """Bytes of parameters that one more task adds to the model.
+
+        The sum of the layers' `per_task_bytes()`: frozen bias rows (BPN),
+        memory units and weights (AMN), PSP key rows, per-task heads.
+        """
         total = 0
         for layer in [*self.hidden_layers, self.head]:
             if hasattr(layer, "per_task_bytes"):

@@ -170,14 +170,6 @@ class BPN(ContinualModel):
         for layer in self.bias_unit_layers():
             layer.freeze_task(task)
 
-    def storage_bytes_per_task(self):
-        """Frozen bias rows (and PSP keys, and per-task heads) of one task."""
-        layers = [*self.hidden_layers, self.head]
-        return sum(
-            layer.per_task_bytes() for layer in layers
-            if hasattr(layer, "per_task_bytes")
-        )
-
     def get_config(self):
         return {
             **super().get_config(),
