@@ -24,9 +24,6 @@ Unlike BPN, every task's units and weights are kept as they are.
 
 from __future__ import annotations
 
-import keras
-from keras import ops
-
 from cl_zoo.layers.heads import TaskHead
 from cl_zoo.layers.memory_units import MemoryNeuronDense
 from cl_zoo.methods.base import ContinualModel, check_choice
@@ -79,10 +76,6 @@ class AMN(ContinualModel):
         self.freeze_after_first = freeze_after_first
         self.memory_seed = int(memory_seed)
         super().__init__(*args, **kwargs)
-        # Read by `transform_gradients`: freezing needs no recompile.
-        self.frozen = keras.Variable(
-            0.0, dtype="float32", trainable=False, name="frozen"
-        )
         # X_t moves by eps * sign(grad) (adversarial direction), or, in the
         # ablation, by eps * grad: same step scale, no sign (see BPN).
         self.sign_rule = SignGradientRule(
@@ -164,21 +157,6 @@ class AMN(ContinualModel):
         """The normal weights (EWC protects these, not the memory tables)."""
         memory = {id(v) for v in self.memory_variables()}
         return [v for v in self.trainable_variables if id(v) not in memory]
-
-    def transform_gradients(self, grads, variables):
-        grads = super().transform_gradients(grads, variables)
-        frozen = {id(v) for v in self.frozen_variables()}
-        if not frozen:
-            return grads
-        keep = 1.0 - self.frozen
-        return [
-            g * ops.cast(keep, g.dtype) if id(v) in frozen else g
-            for g, v in zip(grads, variables)
-        ]
-
-    def begin_task(self, task, benchmark=None):
-        super().begin_task(task, benchmark)
-        self.frozen.assign(1.0 if task > 0 else 0.0)
 
     def get_config(self):
         return {

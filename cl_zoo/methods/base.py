@@ -157,6 +157,12 @@ class ContinualModel(keras.Model):
         self.task = keras.Variable(
             0, dtype="int32", trainable=False, name="task"
         )
+        # 1.0 from the second task on: gradients of `frozen_variables()` are
+        # multiplied by `1 - frozen` (a variable, so freezing needs no
+        # recompile or retrace).
+        self.frozen = keras.Variable(
+            0.0, dtype="float32", trainable=False, name="frozen"
+        )
         self.feature_layers = self.make_feature_layers()
         self.hidden_layers = [
             self.make_hidden_layer(units, index)
@@ -306,10 +312,26 @@ class ContinualModel(keras.Model):
         Runs in replica context: a rule that is not linear in the gradient
         (a sign, a clip) must all-reduce first (`cross_replica_sum`).
         """
-        return [
+        grads = [
             g if g is not None else ops.zeros_like(v)
             for g, v in zip(grads, variables)
         ]
+        frozen = {id(v) for v in self.frozen_variables()}
+        if not frozen:
+            return grads
+        keep = 1.0 - self.frozen
+        return [
+            g * ops.cast(keep, g.dtype) if id(v) in frozen else g
+            for g, v in zip(grads, variables)
+        ]
+
+    def frozen_variables(self):
+        """Variables that stop training after the first task (none here).
+
+        SGD-F freezes the shared layers, AD the normal weights; their
+        gradients are zeroed from the second task on.
+        """
+        return []
 
     def apply_gradients(self, grads, variables):
         """Main optimizer for most variables, each rule for its own."""
@@ -361,6 +383,7 @@ class ContinualModel(keras.Model):
         """
         self._check_task(task)
         self.task.assign(task)
+        self.frozen.assign(1.0 if task > 0 else 0.0)
         if self.optimizer is not None and self.optimizer.built:
             keep = {id(self.optimizer.iterations)}
             lr = getattr(self.optimizer, "_learning_rate", None)
