@@ -13,6 +13,28 @@ _MASKED_LOGIT = -1e9
 HEAD_MODES = ("single", "multi", "shared")
 
 
+def add_class_mask(layer, task_sizes, width):
+    """A `(num_tasks, width)` table: 1 for each task's classes, 0 for padding.
+
+    For output layers shared by tasks of different sizes; `mask_padding`
+    applies it.
+    """
+    valid = [[1.0 if c < size else 0.0 for c in range(width)]
+             for size in task_sizes]
+    return layer.add_weight(
+        name="class_mask",
+        shape=(len(task_sizes), width),
+        initializer=keras.initializers.Constant(valid),
+        trainable=False,
+    )
+
+
+def mask_padding(outputs, class_mask, task_ids):
+    """Gives each example's padding classes the logit -1e9."""
+    mask = ops.take(class_mask, task_ids, axis=0)
+    return ops.where(mask > 0, outputs, _MASKED_LOGIT)
+
+
 @keras.saving.register_keras_serializable(package="cl_zoo")
 class TaskHead(keras.layers.Layer):
     """Classification head, shared by all tasks or one per task.
@@ -100,30 +122,19 @@ class TaskHead(keras.layers.Layer):
             name="bias", shape=(heads * width,), initializer="zeros"
         )
         if self.mode != "single":
-            valid = [
-                [1.0 if c < size else 0.0 for c in range(width)]
-                for size in self.task_sizes
-            ]
-            self.class_mask = self.add_weight(
-                name="class_mask",
-                shape=(self.num_tasks, width),
-                initializer=keras.initializers.Constant(valid),
-                trainable=False,
-            )
+            self.class_mask = add_class_mask(self, self.task_sizes, width)
 
     def call(self, inputs, task_ids):
         logits = ops.matmul(inputs, self.kernel) + self.bias
         if self.mode == "single":
             return logits
         task_ids = ops.cast(task_ids, "int32")
-        mask = ops.take(self.class_mask, task_ids, axis=0)
-        if self.mode == "shared":
-            return ops.where(mask > 0, logits, _MASKED_LOGIT)
-        width = self.output_width
-        logits = ops.reshape(logits, (-1, self.num_tasks, width))
-        select = ops.one_hot(task_ids, self.num_tasks, dtype=logits.dtype)
-        logits = ops.einsum("btw,bt->bw", logits, select)
-        return ops.where(mask > 0, logits, _MASKED_LOGIT)
+        if self.mode == "multi":
+            width = self.output_width
+            logits = ops.reshape(logits, (-1, self.num_tasks, width))
+            select = ops.one_hot(task_ids, self.num_tasks, dtype=logits.dtype)
+            logits = ops.einsum("btw,bt->bw", logits, select)
+        return mask_padding(logits, self.class_mask, task_ids)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.output_width)

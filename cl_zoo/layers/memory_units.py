@@ -7,7 +7,7 @@ import numpy as np
 from keras import ops
 
 from cl_zoo.layers.bias_units import _check_positive
-from cl_zoo.layers.heads import _MASKED_LOGIT
+from cl_zoo.layers.heads import add_class_mask, mask_padding
 
 # Memory values start uniform in [-MEMORY_VALUE_SCALE, MEMORY_VALUE_SCALE].
 MEMORY_VALUE_SCALE = 0.05
@@ -127,15 +127,8 @@ class MemoryNeuronDense(keras.layers.Layer):
             initializer=keras.initializers.Constant(weights),
         )
         if self.task_sizes is not None:
-            valid = [
-                [1.0 if c < size else 0.0 for c in range(self.units)]
-                for size in self.task_sizes
-            ]
-            self.class_mask = self.add_weight(
-                name="class_mask",
-                shape=(self.num_tasks, self.units),
-                initializer=keras.initializers.Constant(valid),
-                trainable=False,
+            self.class_mask = add_class_mask(
+                self, self.task_sizes, self.units
             )
 
     def memory_contributions(self):
@@ -151,8 +144,7 @@ class MemoryNeuronDense(keras.layers.Layer):
         outputs = self.activation(outputs + memory)
         if self.task_sizes is None:
             return outputs
-        mask = ops.take(self.class_mask, task_ids, axis=0)
-        return ops.where(mask > 0, outputs, _MASKED_LOGIT)
+        return mask_padding(outputs, self.class_mask, task_ids)
 
     def memory_variables(self):
         """The per-task tables: memory values and memory weights."""
