@@ -5,6 +5,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -47,6 +48,32 @@ def make_tiny_benchmark(
         ],
         num_classes=num_classes,
     )
+
+
+def _assert_round_trips(model, x, path):
+    """`get_config`/`from_config` and a `.keras` save/load keep the model.
+
+    The saved active task comes back; predictions in task 1's mode match.
+    Returns the loaded model.
+    """
+    clone = model.__class__.from_config(model.get_config())
+    clone.build_for_inputs()
+    assert clone.get_config() == model.get_config()
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert int(loaded.task.numpy()) == int(model.task.numpy())
+    model.task.assign(1)
+    loaded.task.assign(1)
+    np.testing.assert_allclose(
+        loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5
+    )
+    return loaded
+
+
+@pytest.fixture
+def assert_round_trips():
+    """`_assert_round_trips`, shared by the tests of every method."""
+    return _assert_round_trips
 
 
 @pytest.fixture
