@@ -59,8 +59,22 @@ class RunConfig:
     # Memory units (AMN); `epsilon` is also their sign step.
     memory_units: int = 9
     memory_update: str = "sign"
+    # Importance-based consolidations (SPP, SI, MAS).
+    spp_lambda: float = 4.0
+    si_lambda: float = 1.0
+    si_damping: float = 0.1
+    mas_lambda: float = 1.0
+    # LwF: distillation of the old heads' outputs.
+    lwf_lambda: float = 1.0
+    lwf_temperature: float = 2.0
+    # GEM: episodic memory per task and the QP's margin.
+    memory_size: int = 256
+    gem_margin: float = 0.5
     # Training loss over the logits.
     loss: str = "softmax"
+    # Learning-rate decay per epoch (1.0: constant) and hidden dropout.
+    lr_decay: float = 1.0
+    dropout: float = 0.0
     # Evaluation and outputs.
     eval_batch_size: int = 1000
     eval_examples: int = 0
@@ -109,7 +123,7 @@ def _check(config: RunConfig):
 
     for name in ("epochs", "batch_size", "num_cpu_devices",
                  "fisher_samples", "eval_batch_size", "bias_hidden",
-                 "memory_units"):
+                 "memory_units", "memory_size"):
         value = getattr(config, name)
         if not isinstance(value, int) or value < 1:
             fail(name, value, "a positive integer")
@@ -122,6 +136,19 @@ def _check(config: RunConfig):
         fail("lr", config.lr, "a positive finite number")
     if not (math.isfinite(config.ewc_lambda) and config.ewc_lambda >= 0):
         fail("ewc_lambda", config.ewc_lambda, "a non-negative number")
+    for name in ("spp_lambda", "si_lambda", "mas_lambda", "lwf_lambda",
+                 "gem_margin"):
+        value = getattr(config, name)
+        if not (math.isfinite(value) and value >= 0):
+            fail(name, value, "a non-negative number")
+    for name in ("si_damping", "lwf_temperature"):
+        value = getattr(config, name)
+        if not (math.isfinite(value) and value > 0):
+            fail(name, value, "a positive number")
+    if not 0.0 < config.lr_decay <= 1.0:
+        fail("lr_decay", config.lr_decay, "a number in (0, 1] (1: constant)")
+    if not 0.0 <= config.dropout < 1.0:
+        fail("dropout", config.dropout, "a rate in [0, 1)")
     if config.fisher_normalize not in ("none", "max"):
         fail("fisher_normalize", config.fisher_normalize, "none or max")
     if not 0.0 <= config.ewc_gamma <= 1.0:

@@ -17,7 +17,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from cl_zoo.methods.base import cross_replica_sum
+from cl_zoo.replicas import cross_replica_sum
 
 
 class SignGradientRule:

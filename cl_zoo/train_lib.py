@@ -233,6 +233,7 @@ class RunCheckpoint:
             "consolidation": (
                 consolidation.state_variables() if consolidation else []
             ),
+            "method_state": model.method_state.variables,
         }
         self.checkpoint = tf.train.Checkpoint(
             **{k: [v.value for v in vs] for k, vs in groups.items()}
@@ -415,6 +416,7 @@ class ContinualRun:
                         self.summary_dir, write_graph=False
                     ),
                     _EpochCheckpoint(self, task),
+                    *self._lr_schedule(),
                 ],
             )
         model.end_task(task, self.benchmark)
@@ -422,6 +424,19 @@ class ContinualRun:
         self.matrix = self.matrix[:task] + [row]
         self._log_task(task, row)
         self.save_progress(task, config.epochs)
+
+    def _lr_schedule(self):
+        """`--lr_decay`: lr * decay**epoch, epochs counted over the run.
+
+        Fit's epoch index runs on across tasks (and survives a resume), so
+        the rate is a function of it alone.
+        """
+        base, decay = self.config.lr, self.config.lr_decay
+        if decay == 1.0:
+            return []
+        return [keras.callbacks.LearningRateScheduler(
+            lambda epoch, lr: base * decay**epoch
+        )]
 
     # Logging ------------------------------------------------------------
     def _log_text(self):
@@ -447,6 +462,7 @@ class ContinualRun:
             for j, acc in enumerate(row):
                 tf.summary.scalar(f"test_accuracy/task_{j}", acc, step=step)
             tf.summary.scalar("test_accuracy/mean_seen", seen, step=step)
+            self._log_importances(step)
             image = plots.accuracy_matrix_png(
                 self.matrix, self.benchmark.num_tasks, title=self._title()
             )
@@ -458,6 +474,14 @@ class ContinualRun:
         if tuple(self.benchmark.input_shape) == (2,):
             self._log_decision_boundary(task)
         self.writer.flush()
+
+    def _log_importances(self, step):
+        """The consolidation's importances per layer (SPP paper, Fig. 6)."""
+        consolidation = self.model.consolidation
+        if consolidation is None:
+            return
+        for path, importance in consolidation.importances():
+            tf.summary.histogram(f"importance/{path}", importance, step=step)
 
     def _log_decision_boundary(self, task):
         """BPN Fig. 5: P(class 0) over the plane in each task's mode."""

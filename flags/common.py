@@ -25,6 +25,8 @@ CONFIG_FLAGS = (
     "fisher_mode", "fisher_normalize", "ewc_gamma", "bias_hidden",
     "bias_update", "epsilon",
     "bias_layers", "memory_units", "memory_update", "loss",
+    "spp_lambda", "si_lambda", "si_damping", "mas_lambda", "lwf_lambda",
+    "lwf_temperature", "memory_size", "gem_margin", "lr_decay", "dropout",
     "eval_batch_size", "eval_examples", "export", "verbose",
     "overwrite", "model_dir",
 )
@@ -119,7 +121,8 @@ def define_run_flags():
     flags.DEFINE_float("ewc_lambda", None, "EWC strength lambda in "
                        "lambda/2 * sum F (w - w*)^2. Default 100.")
     flags.DEFINE_integer("fisher_samples", None, "Training examples per task "
-                         "for the diagonal Fisher. Default 1024.")
+                         "for the diagonal Fisher (EWC) and the importances "
+                         "of SPP and MAS. Default 1024.")
     flags.DEFINE_string(
         "fisher_mode", None,
         "Fisher estimate: 'empirical' (true labels), 'true' (labels sampled "
@@ -178,6 +181,36 @@ def define_run_flags():
         "binary cross-entropy per output (mean over outputs), compared in "
         "the AMN paper. Default softmax.",
     )
+    flags.DEFINE_float(
+        "spp_lambda", None,
+        "SPP strength lambda in lambda * sum Omega (w - w*)^2, Omega the "
+        "label-free entropy importance summed over tasks. The paper sweeps "
+        "0.01-12 and finds 4 best. Default 4.",
+    )
+    flags.DEFINE_float("si_lambda", None, "SI strength c in c * sum Omega "
+                       "(w - w*)^2 (Zenke et al. 2017). Default 1.")
+    flags.DEFINE_float("si_damping", None, "SI's xi in Omega += omega / "
+                       "(delta_w^2 + xi). Default 0.1.")
+    flags.DEFINE_float("mas_lambda", None, "MAS strength lambda in lambda * "
+                       "sum Omega (w - w*)^2 (Aljundi et al. 2018). Default 1.")
+    flags.DEFINE_float("lwf_lambda", None, "LwF: weight of the distillation "
+                       "loss on the old heads' outputs. Default 1.")
+    flags.DEFINE_float("lwf_temperature", None, "LwF: distillation "
+                       "temperature. Default 2.")
+    flags.DEFINE_integer(
+        "memory_size", None,
+        "GEM: training examples of each finished task kept in the episodic "
+        "memory (the BPN tables' GEM(10)...GEM(256)). Default 256.",
+    )
+    flags.DEFINE_float("gem_margin", None, "GEM: the QP's margin (memory "
+                       "strength) gamma. Default 0.5.")
+    flags.DEFINE_float(
+        "lr_decay", None,
+        "Multiply the learning rate by this factor after every epoch, over "
+        "the whole run (the SPP paper: 0.96). Default 1 (constant).",
+    )
+    flags.DEFINE_float("dropout", None, "Dropout rate after every hidden "
+                       "layer during training. Default 0.")
     flags.DEFINE_integer("eval_batch_size", None, "Evaluation batch size. "
                          "Default 1000.")
     flags.DEFINE_integer(

@@ -132,7 +132,7 @@ def test_fisher_rejects_bad_arguments(tiny_benchmark):
     model = _model(tiny_benchmark)
     with pytest.raises(ValueError, match="Fisher mode"):
         fisher_lib.make_fisher_fn(model, model.trainable_variables, "nope")
-    with pytest.raises(ValueError, match="positive number of Fisher"):
+    with pytest.raises(ValueError, match="positive number of samples"):
         fisher_lib.diagonal_fisher(model, [], [], num_samples=0)
     with pytest.raises(ValueError, match="fisher_mode"):
         EWC(1.0, fisher_mode="nope")

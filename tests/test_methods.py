@@ -13,6 +13,8 @@ from cl_zoo.methods.base import ContinualModel
 FOUNDATION_METHODS = (
     "sgd", "finetune", "sgd_freeze", "joint", "stl", "ewc", "online_ewc",
 )
+# The SPP paper's comparison points (gem has its own tests).
+IMPORTANCE_METHODS = ("spp", "si", "mas", "lwf")
 
 
 def build(name, benchmark, **overrides):
@@ -49,7 +51,7 @@ def test_unknown_method_lists_names():
         get_method("nope")
 
 
-@pytest.mark.parametrize("name", FOUNDATION_METHODS)
+@pytest.mark.parametrize("name", FOUNDATION_METHODS + IMPORTANCE_METHODS)
 def test_method_learns_each_task(name, tiny_benchmark):
     model = build(name, tiny_benchmark)
     for task in range(2):
@@ -61,7 +63,7 @@ def test_method_learns_each_task(name, tiny_benchmark):
     assert np.mean(pred == y) > 0.85
 
 
-@pytest.mark.parametrize("name", FOUNDATION_METHODS)
+@pytest.mark.parametrize("name", FOUNDATION_METHODS + IMPORTANCE_METHODS)
 def test_config_round_trip_and_keras_file(name, tiny_benchmark, tmp_path,
                                           assert_round_trips):
     model = build(name, tiny_benchmark)

@@ -70,12 +70,31 @@ class Consolidation(abc.ABC):
         if not self.built:
             self.build(model)
 
+    def after_apply(self, model, grads, variables):
+        """Traced into the train step after the optimizer's update.
+
+        `grads` are this replica's gradients of `variables` (the model's
+        trainable variables). Online estimates (SI's path integral) update
+        their state here; the others need nothing.
+        """
+        del model, grads, variables
+
+    def importances(self):
+        """`(parameter path, importance)` pairs, for TensorBoard."""
+        return []
+
     def config(self):
         return {"name": self.name, "strength": self.strength}
 
 
 class QuadraticConsolidation(Consolidation):
-    """`strength / 2 * sum importance * (param - anchor)^2`."""
+    """`scale * strength * sum importance * (param - anchor)^2`.
+
+    `penalty_scale` is 1/2 for EWC (its paper's lambda/2) and 1 for SI, MAS
+    and SPP, whose papers write the penalty without the half.
+    """
+
+    penalty_scale = 0.5
 
     def build(self, model):
         super().build(model)
@@ -83,6 +102,19 @@ class QuadraticConsolidation(Consolidation):
         self.anchor = self.add_state("anchor", self.params)
 
     def penalty(self, model):
-        return 0.5 * self.strength * quadratic_penalty(
+        return self.penalty_scale * self.strength * quadratic_penalty(
             self.params, self.anchor, self.importance
         )
+
+    def penalty_gradients(self, params):
+        """The penalty's gradient at `params` (closed form, per parameter)."""
+        factor = 2.0 * self.penalty_scale * self.strength
+        return [
+            factor * imp * (p - a)
+            for p, a, imp in zip(params, self.anchor, self.importance)
+        ]
+
+    def importances(self):
+        return [
+            (p.path, imp.value) for p, imp in zip(self.params, self.importance)
+        ]

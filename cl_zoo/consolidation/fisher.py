@@ -17,28 +17,25 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from cl_zoo.consolidation.per_example import (
+    mean_over_examples,
+    per_example_terms,
+)
+
 FISHER_MODES = ("empirical", "true", "expected")
 
 
-def _per_example_squared_grads(model, variables, x, task_ids, labels):
-    """Per-example squared gradients of log p(label | x), summed over x."""
+def _log_likelihood(logits, label):
+    return tf.gather(tf.nn.log_softmax(logits), label)
 
-    def one(args):
-        xi, ti, yi = args
-        with tf.GradientTape() as tape:
-            logits = model({"x": xi[None], "task": ti[None]}, training=False)
-            log_probs = tf.nn.log_softmax(logits[0])
-            log_likelihood = tf.gather(log_probs, yi)
-        grads = tape.gradient(log_likelihood, variables)
-        return [
-            tf.square(g) if g is not None else tf.zeros_like(v)
-            for g, v in zip(grads, variables)
-        ]
 
-    squares = tf.vectorized_map(
-        one, (x, task_ids, labels), fallback_to_while_loop=False
+def _per_example_squared_grads(model, variables, x, task_ids, labels,
+                               reduce=True):
+    """Squared gradients of log p(label | x), per example or summed."""
+    return per_example_terms(
+        model, variables, x, task_ids, _log_likelihood,
+        lambda g, v: tf.square(g), extra=labels, reduce=reduce,
     )
-    return squares
 
 
 def make_fisher_fn(model, variables, mode="empirical"):
@@ -54,26 +51,24 @@ def make_fisher_fn(model, variables, mode="empirical"):
     @tf.function(reduce_retracing=True)
     def chunk_fisher(x, task_ids, y, seed):
         if mode == "empirical":
-            squares = _per_example_squared_grads(
+            return _per_example_squared_grads(
                 model, variables, x, task_ids, tf.cast(y, tf.int32)
             )
-            return [tf.reduce_sum(s, axis=0) for s in squares]
         logits = model({"x": x, "task": task_ids}, training=False)
         if mode == "true":
             sampled = tf.random.stateless_categorical(
                 logits, 1, seed=seed, dtype=tf.int32
             )[:, 0]
-            squares = _per_example_squared_grads(
+            return _per_example_squared_grads(
                 model, variables, x, task_ids, sampled
             )
-            return [tf.reduce_sum(s, axis=0) for s in squares]
         # Expected Fisher: sum_c p_c * g_c^2, one vectorized pass per class.
         probs = tf.nn.softmax(logits)
         totals = [tf.zeros_like(v) for v in variables]
         for c in range(logits.shape[-1]):
             label = tf.fill(tf.shape(task_ids), c)
             squares = _per_example_squared_grads(
-                model, variables, x, task_ids, label
+                model, variables, x, task_ids, label, reduce=False
             )
             weight = probs[:, c]
             totals = [
@@ -110,27 +105,7 @@ def diagonal_fisher(
     Returns:
         A list of tensors shaped like `variables`.
     """
-    if num_samples < 1:
-        raise ValueError(
-            f"Expected a positive number of Fisher samples. "
-            f"Received: num_samples={num_samples}"
-        )
     chunk_fisher = fisher_fn or make_fisher_fn(model, variables, mode)
-    totals = [tf.zeros(v.shape, tf.float32) for v in variables]
-    seen = 0
-    for step, (inputs, y) in enumerate(dataset):
-        x, task_ids = inputs["x"], inputs["task"]
-        take = min(int(tf.shape(x)[0]), num_samples - seen)
-        if take <= 0:
-            break
-        sums = chunk_fisher(
-            x[:take],
-            tf.cast(task_ids[:take], tf.int32),
-            y[:take],
-            tf.constant([seed, step], tf.int32),
-        )
-        totals = [t + s for t, s in zip(totals, sums)]
-        seen += take
-    if seen == 0:
-        raise ValueError("The Fisher dataset yielded no examples.")
-    return [t / seen for t in totals]
+    return mean_over_examples(
+        chunk_fisher, variables, dataset, num_samples, seed=seed
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cl_zoo.consolidation.ewc import EWC
+from cl_zoo.consolidation.importance import MAS, SI, SPP
 
 
 def _ewc(config, online):
@@ -21,6 +22,13 @@ _BUILDERS = {
     "none": lambda config: None,
     "ewc": lambda config: _ewc(config, online=False),
     "online_ewc": lambda config: _ewc(config, online=True),
+    "spp": lambda config: SPP(
+        config.spp_lambda, samples=config.fisher_samples, seed=config.seed
+    ),
+    "mas": lambda config: MAS(
+        config.mas_lambda, samples=config.fisher_samples, seed=config.seed
+    ),
+    "si": lambda config: SI(config.si_lambda, damping=config.si_damping),
 }
 
 CONSOLIDATIONS = tuple(sorted(_BUILDERS))

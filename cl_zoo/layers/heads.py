@@ -136,6 +136,19 @@ class TaskHead(keras.layers.Layer):
             logits = ops.einsum("btw,bt->bw", logits, select)
         return mask_padding(logits, self.class_mask, task_ids)
 
+    def all_heads(self, inputs):
+        """Every head's logits at once: `(batch, heads, width)`.
+
+        `heads` is the number of tasks for `"multi"` (each task's padding
+        classes masked), 1 for `"single"` and `"shared"` (their one head,
+        unmasked). LwF distils old tasks' heads with it.
+        """
+        logits = ops.matmul(inputs, self.kernel) + self.bias
+        if self.mode != "multi":
+            return logits[:, None, :]
+        logits = ops.reshape(logits, (-1, self.num_tasks, self.output_width))
+        return ops.where(self.class_mask[None] > 0, logits, _MASKED_LOGIT)
+
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.output_width)
 

@@ -6,9 +6,13 @@ from cl_zoo.methods import (  # noqa: F401  (imported to register)
     ewc,
     finetune,
     joint,
+    lwf,
+    mas,
     psp,
     sgd,
     sgd_freeze,
+    si,
+    spp,
     stl,
 )
 from cl_zoo.methods.base import ContinualModel

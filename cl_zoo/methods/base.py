@@ -30,6 +30,7 @@ import tensorflow as tf
 from keras import ops
 
 from cl_zoo.layers.heads import HEAD_MODES, TaskHead
+from cl_zoo.replicas import cross_replica_sum  # noqa: F401  (re-exported)
 
 ARCHITECTURES = ("mlp", "lenet")
 
@@ -52,6 +53,47 @@ def _positive_int(name, value):
         )
 
 
+class MethodState:
+    """Variables a method keeps between tasks that inference never reads.
+
+    LwF's copy of the previous network, GEM's episodic memory: the run's
+    checkpoints hold them (`RunCheckpoint`), exports and `num_params` leave
+    them out. A plain object, so Keras does not track its variables as
+    weights of the model (keep them here, not in attributes of the model).
+    Groups of variables are read back by key: `model.method_state["old"]`.
+    """
+
+    def __init__(self):
+        self.groups = {}
+
+    def add(self, key, shapes, dtype="float32", initializer="zeros"):
+        """A list of non-trainable variables, one per shape, under `key`."""
+        if key in self.groups:
+            raise ValueError(f"Method state {key!r} exists already.")
+        self.groups[key] = [
+            keras.Variable(
+                initializer=initializer,
+                shape=shape,
+                dtype=dtype,
+                trainable=False,
+                name=f"{key}_{i}",
+            )
+            for i, shape in enumerate(shapes)
+        ]
+        return self.groups[key]
+
+    def __getitem__(self, key):
+        return self.groups[key]
+
+    @property
+    def variables(self):
+        return [v for vs in self.groups.values() for v in vs]
+
+    @property
+    def built(self):
+        return bool(self.groups)
+
+
 @keras.saving.register_keras_serializable(package="cl_zoo")
 class ContinualModel(keras.Model):
     """A classifier trained on a sequence of tasks.
@@ -69,6 +111,7 @@ class ContinualModel(keras.Model):
         architecture: `"mlp"`, or `"lenet"` (two conv/pool blocks before the
             dense layers).
         activation: activation of the hidden layers.
+        dropout: dropout rate after every hidden layer while training.
         consolidation: optional `Consolidation` whose penalty is added to the
             loss during training. Not serialized: it is training state.
 
@@ -100,6 +143,7 @@ class ContinualModel(keras.Model):
             hidden_units=config.hidden_units,
             architecture=config.architecture,
             activation=config.activation,
+            dropout=config.dropout,
             consolidation=make_consolidation(config.consolidation, config),
             name=cls.method_name,
             **cls.init_args_from_config(config),
@@ -120,10 +164,15 @@ class ContinualModel(keras.Model):
         hidden_units=(100, 100),
         architecture="mlp",
         activation="relu",
+        dropout=0.0,
         consolidation=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(
+                f"Expected 0 <= dropout < 1. Received: dropout={dropout!r}"
+            )
         self.example_shape = tuple(int(d) for d in input_shape)
         _positive_int("num_classes", num_classes)
         self.task_classes = [[int(c) for c in cls] for cls in task_classes]
@@ -149,10 +198,13 @@ class ContinualModel(keras.Model):
         self.hidden_units = hidden_units
         self.architecture = architecture
         self.activation = activation
+        self.dropout_rate = float(dropout)
         self.consolidation = consolidation
         # Rules that update some variables in place of the main optimizer
         # (eps * sign for BPN / AMN); see `cl_zoo.rules`.
         self.gradient_rules = []
+        # Between-task state outside the weights (see `MethodState`).
+        self.method_state = MethodState()
 
         self.task = keras.Variable(
             0, dtype="int32", trainable=False, name="task"
@@ -169,6 +221,10 @@ class ContinualModel(keras.Model):
             for index, units in enumerate(hidden_units)
         ]
         self.head = self.make_head()
+        self.dropout = (
+            keras.layers.Dropout(self.dropout_rate, name="dropout")
+            if self.dropout_rate > 0 else None
+        )
         self._penalty_tracker = keras.metrics.Mean(name="penalty")
 
     # ------------------------------------------------------------------
@@ -243,6 +299,10 @@ class ContinualModel(keras.Model):
 
     def call(self, inputs, training=False):
         x, task_ids = self.unpack_inputs(inputs)
+        return self.head(self.features(x, task_ids, training), task_ids)
+
+    def features(self, x, task_ids, training=False):
+        """The input of the head: the backbone's last hidden activations."""
         h = x
         for layer in self.feature_layers:
             h = layer(h, training=training)
@@ -251,7 +311,9 @@ class ContinualModel(keras.Model):
                 h = layer(h, task_ids, training=training)
             else:
                 h = layer(h, training=training)
-        return self.head(h, task_ids)
+            if self.dropout is not None:
+                h = self.dropout(h, training=training)
+        return h
 
     def build_for_inputs(self):
         """Creates every weight with a dummy batch of the expected shape."""
@@ -361,9 +423,20 @@ class ContinualModel(keras.Model):
             rule.build()
         if self.consolidation is not None and not self.consolidation.built:
             self.consolidation.build(self)
+        if not self.method_state.built:
+            self.build_method_state()
+
+    def build_method_state(self):
+        """Creates `self.method_state`'s variables (none here).
+
+        Called once the weights exist, by `build_optimizers` and otherwise
+        by the first `begin_task`, under the strategy's scope.
+        """
 
     def after_apply(self, grads, variables):
         """Runs after the optimizer step (online importance estimates)."""
+        if self.consolidation is not None:
+            self.consolidation.after_apply(self, grads, variables)
 
     @property
     def metrics(self):
@@ -382,6 +455,8 @@ class ContinualModel(keras.Model):
         of iterations is kept.
         """
         self._check_task(task)
+        if not self.method_state.built:
+            self.build_method_state()
         self.task.assign(task)
         self.frozen.assign(1.0 if task > 0 else 0.0)
         if self.optimizer is not None and self.optimizer.built:
@@ -446,12 +521,6 @@ class ContinualModel(keras.Model):
             "hidden_units": list(self.hidden_units),
             "architecture": self.architecture,
             "activation": self.activation,
+            "dropout": self.dropout_rate,
         }
 
-
-def cross_replica_sum(value):
-    """Sums `value` over replicas (identity outside a strategy)."""
-    ctx = tf.distribute.get_replica_context()
-    if ctx is None or ctx.num_replicas_in_sync == 1:
-        return value
-    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, value)

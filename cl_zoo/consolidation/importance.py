@@ -1,0 +1,212 @@
+"""Importance-weighted penalties: SPP, MAS (from data) and SI (online).
+
+All three keep one importance per parameter, summed over finished tasks,
+and anchor the penalty `strength * sum Omega (p - p*)^2` at the parameters
+left by the latest task.
+
+- SPP (soft parameter pruning, label-free): for each example, `g` the
+  gradient of the entropy `H = -sum q log q` of the model's softmax output
+  `q` (for the example's task head) and `Omega = max(0, g*W + g^2 W^2 / 2)`,
+  the second-order change of `H` when the weight is pruned, with the
+  diagonal Fisher of the entropy `g^2` standing in for the Hessian (the
+  authors' TensorFlow code), averaged over examples.
+- MAS (Aljundi et al. 2018): `Omega = mean |d ||f(x)||^2 / dW|`, the
+  sensitivity of the squared L2 norm of the output; label-free as well.
+- SI (Zenke et al. 2017): while a task trains, `omega += -g * delta_w` for
+  each step (`g` the gradient of the task's loss without the penalty);
+  at its end `Omega += max(0, omega / (Delta^2 + xi))`, `Delta` the task's
+  total change of the weight.
+
+SPP and MAS compute per-example gradients vectorized, like EWC's Fisher.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from cl_zoo.consolidation.base import QuadraticConsolidation
+from cl_zoo.consolidation.per_example import (
+    mean_over_examples,
+    per_example_terms,
+)
+from cl_zoo.replicas import cross_replica_sum
+
+
+def output_entropy(logits, unused=None):
+    """Entropy of the softmax of one example's logits (SPP's objective)."""
+    del unused
+    log_q = tf.nn.log_softmax(logits)
+    return -tf.reduce_sum(tf.exp(log_q) * log_q)
+
+
+def spp_term(grad, weight):
+    """`max(0, g W + g^2 W^2 / 2)`: the pruning cost of each weight."""
+    gw = grad * weight
+    return tf.nn.relu(gw + 0.5 * tf.square(gw))
+
+
+def squared_output_norm(logits, unused=None):
+    """`||f(x)||^2` of one example's output (MAS's objective)."""
+    del unused
+    return tf.reduce_sum(tf.square(logits))
+
+
+def mas_term(grad, weight):
+    del weight
+    return tf.abs(grad)
+
+
+class DataImportance(QuadraticConsolidation):
+    """A penalty whose importance is a mean over a task's examples.
+
+    Subclasses set `objective(logits_row, unused) -> scalar` and
+    `term(grad, weight) -> importance`, both per example.
+
+    Args:
+        strength: lambda.
+        samples: training examples of each task the importance is averaged
+            over.
+        chunk_size: examples per vectorized per-example-gradient chunk.
+        seed: seed of the data order.
+    """
+
+    penalty_scale = 1.0
+    objective = None
+    term = None
+
+    def __init__(self, strength, samples=1024, chunk_size=128, seed=0):
+        super().__init__(strength)
+        if samples < 1:
+            raise ValueError(
+                "Expected a positive number of importance samples. "
+                f"Received: samples={samples}"
+            )
+        self.samples = int(samples)
+        self.chunk_size = int(chunk_size)
+        self.seed = int(seed)
+
+    def build(self, model):
+        super().build(model)
+        self._chunk_fn = self.make_chunk_fn(model, self.params)
+
+    def make_chunk_fn(self, model, variables):
+        """A traced `(x, task_ids, y, seed) -> per-variable sums`."""
+        objective, term = type(self).objective, type(self).term
+
+        @tf.function(reduce_retracing=True)
+        def chunk(x, task_ids, y, seed):
+            del y, seed  # label-free
+            return per_example_terms(
+                model, variables, x, task_ids, objective, term
+            )
+
+        return chunk
+
+    def task_importance(self, model, task, benchmark):
+        """This task's importance, one tensor per parameter."""
+        dataset = benchmark.train_dataset(
+            task,
+            self.chunk_size,
+            head=model.label_mode,
+            seed=self.seed + 7919 * (task + 1),
+            drop_remainder=False,
+            with_task_id=True,
+        )
+        return mean_over_examples(
+            self._chunk_fn, self.params, dataset, self.samples
+        )
+
+    def end_task(self, model, task, benchmark):
+        super().end_task(model, task, benchmark)
+        new = self.task_importance(model, task, benchmark)
+        for imp, anchor, param, omega in zip(
+            self.importance, self.anchor, self.params, new
+        ):
+            imp.assign(imp + omega)
+            anchor.assign(param)
+
+    def config(self):
+        return {**super().config(), "samples": self.samples}
+
+
+class SPP(DataImportance):
+    """Soft parameter pruning: label-free entropy importance, summed."""
+
+    name = "spp"
+    objective = staticmethod(output_entropy)
+    term = staticmethod(spp_term)
+
+
+class MAS(DataImportance):
+    """Memory-aware synapses: sensitivity of the output's squared norm."""
+
+    name = "mas"
+    objective = staticmethod(squared_output_norm)
+    term = staticmethod(mas_term)
+
+
+class SI(QuadraticConsolidation):
+    """Synaptic intelligence: the path integral of the loss, online.
+
+    Args:
+        strength: c.
+        damping: xi, which keeps `omega / (Delta^2 + xi)` finite for
+            weights that hardly moved.
+    """
+
+    name = "si"
+    penalty_scale = 1.0
+
+    def __init__(self, strength, damping=0.1):
+        super().__init__(strength)
+        if not damping > 0:
+            raise ValueError(
+                f"Expected a positive SI damping. Received: damping={damping}"
+            )
+        self.damping = float(damping)
+
+    def build(self, model):
+        super().build(model)
+        self.omega = self.add_state("omega", self.params)
+        self.start = self.add_state("start", self.params)
+        self.previous = self.add_state("previous", self.params)
+
+    def begin_task(self, model, task, benchmark):
+        super().begin_task(model, task, benchmark)
+        for omega, start, previous, param in zip(
+            self.omega, self.start, self.previous, self.params
+        ):
+            omega.assign(tf.zeros_like(omega))
+            start.assign(param)
+            previous.assign(param)
+
+    def after_apply(self, model, grads, variables):
+        # The sum over replicas of the replicas' gradients is the global
+        # gradient, the same on every replica, so each replica writes the
+        # same value into its copy of the state.
+        by_id = {id(v): g for g, v in zip(grads, variables)}
+        total = [cross_replica_sum(by_id[id(p)]) for p in self.params]
+        # The path integral follows the task's loss: take away the
+        # penalty's own pull, evaluated where the gradient was taken.
+        pull = self.penalty_gradients([p.value for p in self.previous])
+        for omega, previous, param, g, h in zip(
+            self.omega, self.previous, self.params, total, pull
+        ):
+            step = param.value - previous.value
+            omega.assign(omega.value - (g - h) * step)
+            previous.assign(param.value)
+
+    def end_task(self, model, task, benchmark):
+        super().end_task(model, task, benchmark)
+        for imp, anchor, omega, start, param in zip(
+            self.importance, self.anchor, self.omega, self.start, self.params
+        ):
+            delta = param - start
+            imp.assign(
+                imp + tf.nn.relu(omega / (tf.square(delta) + self.damping))
+            )
+            anchor.assign(param)
+            omega.assign(tf.zeros_like(omega))
+
+    def config(self):
+        return {**super().config(), "damping": self.damping}
