@@ -200,6 +200,9 @@ def test_build_config_permuted_mnist_defaults():
         ({"epochs": 0}, "--epochs=0"),
         ({"num_cpu_devices": 2}, "--strategy=mirrored"),
         ({"ewc_gamma": 2.0}, "--ewc_gamma=2.0"),
+        ({"dropout": 1.0}, "--dropout=1.0"),
+        ({"spp_lambda": -1.0}, "--spp_lambda=-1.0"),
+        ({"memory_size": 0}, "--memory_size=0"),
         ({"model_dir": None}, "--model_dir is required"),
     ],
 )
@@ -213,3 +216,34 @@ def test_build_config_exits_2_in_process(overrides, fragment, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     assert fragment in err
+
+
+@flagsaver.flagsaver(method="spp", benchmark="split_mnist",
+                     model_dir="/tmp/sweep", sweep="spp_lambda=0.5,4")
+def test_sweep_makes_one_config_per_value():
+    configs = train.sweep_configs()
+    assert [c.spp_lambda for c in configs] == [0.5, 4.0]
+    assert [c.model_dir for c in configs] == [
+        "/tmp/sweep/spp_lambda=0.5", "/tmp/sweep/spp_lambda=4.0"]
+    # Everything else is the one command line's.
+    assert {c.hidden_units for c in configs} == {(512, 256)}
+
+
+@pytest.mark.parametrize(
+    "sweep, fragment",
+    [
+        ("nope=1,2", "expected KEY=V1,V2"),
+        ("hidden_units=1,2", "expected KEY=V1,V2"),
+        ("spp_lambda", "give the values"),
+        ("epochs=1,x", "type int"),
+        ("lr_decay=0.5,2", "--lr_decay=2.0"),
+    ],
+)
+def test_bad_sweep_exits_2(sweep, fragment, capsys):
+    with flagsaver.flagsaver(method="spp", benchmark="split_mnist",
+                             model_dir="/tmp/u", sweep=sweep):
+        with pytest.raises(SystemExit) as exit_info:
+            train.sweep_configs()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and fragment in err, err

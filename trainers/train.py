@@ -5,6 +5,12 @@ r"""Trains a continual-learning method on a benchmark's task sequence.
         [--seed=N] [--num_tasks=N] [--strategy=default|mirrored] \
         [--num_cpu_devices=N] [method flags...]
 
+A sweep runs the same command once per value of one setting, each run in
+MODEL_DIR/KEY=VALUE (finished ones are kept, unfinished ones resume):
+
+    python -m trainers.train --method=spp --benchmark=split_mnist \
+        --model_dir=/tmp/spp_sweep --sweep=spp_lambda=0.01,0.1,1,4,12
+
 Writes results.json, TensorBoard summaries (`tensorboard --logdir
 MODEL_DIR/summaries`) and SavedModels under MODEL_DIR/export. Unset flags take
 the paper's settings for the (method, benchmark) pair. A bad name or value
@@ -25,6 +31,13 @@ from flags import common
 
 FLAGS = flags.FLAGS
 common.define_run_flags()
+flags.DEFINE_string(
+    "sweep", None,
+    "KEY=V1,V2,...: one run per value of the setting KEY (any flag of this "
+    "trainer that takes one value), in MODEL_DIR/KEY=V. Finished runs are "
+    "kept (unless --overwrite); tabulate with `python -m trainers.report "
+    "--runs='MODEL_DIR/*' --sweep=KEY --plot=sweep.png`.",
+)
 # `--help` lists the main module's key flags: make the shared ones key here.
 flags.adopt_module_key_flags(common)
 
@@ -56,8 +69,38 @@ def parse_flags(argv):
         raise
 
 
-def build_config():
-    """The frozen RunConfig of the command line; exits 2 when it is bad."""
+def parse_sweep(text):
+    """`KEY=V1,V2` -> (key, [values as the setting's type]); exits 2 if bad."""
+    import dataclasses
+
+    from cl_zoo.config import RunConfig
+
+    key, sep, values = (text or "").partition("=")
+    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
+    if key not in common.CONFIG_FLAGS or key in ("model_dir", "hidden_units",
+                                                 "overwrite"):
+        _fail(f"--sweep={text}: expected KEY=V1,V2,... with KEY a setting "
+              "of one value (e.g. spp_lambda, epsilon, epochs, seed).")
+    if not sep or not values:
+        _fail(f"--sweep={text}: give the values, e.g. --sweep={key}=1,2.")
+    kind = fields[key].type
+    parse = {"int": int, "float": float, "int | None": int}.get(
+        kind, str)
+    if kind == "bool":
+        def parse(v):
+            return v.lower() in ("1", "true", "yes")
+    try:
+        return key, [parse(v) for v in values.split(",")]
+    except ValueError:
+        _fail(f"--sweep={text}: the values of {key} must be of type {kind}.")
+
+
+def build_config(extra=None):
+    """The frozen RunConfig of the command line; exits 2 when it is bad.
+
+    Args:
+        extra: settings that win over the command line (a sweep's value).
+    """
     from cl_zoo import benchmarks
     from cl_zoo.config import ConfigError, resolve_config
     from cl_zoo.methods import UnknownMethodError, get_method, method_names
@@ -77,17 +120,35 @@ def build_config():
                 f"{', '.join(benchmarks.BENCHMARKS)}."
             )
         return resolve_config(
-            method_cls, FLAGS.benchmark, common.config_overrides(FLAGS)
+            method_cls, FLAGS.benchmark,
+            {**common.config_overrides(FLAGS), **(extra or {})},
         )
     except (ConfigError, UnknownMethodError) as e:
         _fail(str(e))
+
+
+def sweep_configs():
+    """The configs of the runs to make: one, or one per swept value."""
+    if FLAGS.sweep is None:
+        return [build_config()]
+    import os
+
+    key, values = parse_sweep(FLAGS.sweep)
+    return [
+        build_config({
+            key: value,
+            "model_dir": os.path.join(FLAGS.model_dir, f"{key}={value}"),
+        })
+        for value in values
+    ]
 
 
 def main(argv):
     if len(argv) > 1:
         _fail(f"unexpected arguments {' '.join(argv[1:])}; flags take the "
               "form --name=value.")
-    config = build_config()
+    configs = sweep_configs()
+    config = configs[0]
     import tensorflow as tf
 
     tf.get_logger().setLevel("ERROR")
@@ -100,26 +161,39 @@ def main(argv):
     from cl_zoo import benchmarks
     from cl_zoo.config import ConfigError
 
-    try:
-        # Load the data before the run touches --model_dir: a bad
-        # --num_tasks or missing data must leave no trace behind (and must
-        # not let --overwrite delete the previous run first).
-        benchmark = benchmarks.get_benchmark(
-            config.benchmark,
-            num_tasks=config.num_tasks,
-            seed=config.seed,
-            data_dir=config.data_dir,
-        )
-        run = train_lib.ContinualRun(config, benchmark=benchmark)
-    except (
-        benchmarks.BenchmarkError, ConfigError, train_lib.RunStateError
-    ) as e:
-        _fail(str(e))
-    try:
-        run.run()
-    except train_lib.RunStateError as e:
-        _fail(str(e))
-    logging.info("Done: %s", config.model_dir)
+    benchmark, loaded_key = None, None
+    for config in configs:
+        if len(configs) > 1:
+            progress = train_lib.read_progress(config.model_dir)
+            if (progress and progress.get("status") == "finished"
+                    and not config.overwrite):
+                print(f"{config.model_dir}: finished already, kept.",
+                      flush=True)
+                continue
+            print(f"Sweep run {config.model_dir}", flush=True)
+        try:
+            # Load the data before the run touches --model_dir: a bad
+            # --num_tasks or missing data must leave no trace behind (and
+            # must not let --overwrite delete the previous run first).
+            data_key = (config.num_tasks, config.seed, config.data_dir)
+            if benchmark is None or data_key != loaded_key:
+                benchmark = benchmarks.get_benchmark(
+                    config.benchmark,
+                    num_tasks=config.num_tasks,
+                    seed=config.seed,
+                    data_dir=config.data_dir,
+                )
+                loaded_key = data_key
+            run = train_lib.ContinualRun(config, benchmark=benchmark)
+        except (
+            benchmarks.BenchmarkError, ConfigError, train_lib.RunStateError
+        ) as e:
+            _fail(str(e))
+        try:
+            run.run()
+        except train_lib.RunStateError as e:
+            _fail(str(e))
+        logging.info("Done: %s", config.model_dir)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from cl_zoo.consolidation.per_example import (
+    jit_compile_ok,
     mean_over_examples,
     per_example_terms,
 )
@@ -48,7 +49,7 @@ def make_fisher_fn(model, variables, mode="empirical"):
             f"Expected a Fisher mode in {FISHER_MODES}. Received: {mode!r}"
         )
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, jit_compile=jit_compile_ok())
     def chunk_fisher(x, task_ids, y, seed):
         if mode == "empirical":
             return _per_example_squared_grads(

@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from cl_zoo.consolidation.base import QuadraticConsolidation
 from cl_zoo.consolidation.per_example import (
+    jit_compile_ok,
     mean_over_examples,
     per_example_terms,
 )
@@ -93,7 +94,7 @@ class DataImportance(QuadraticConsolidation):
         """A traced `(x, task_ids, y, seed) -> per-variable sums`."""
         objective, term = type(self).objective, type(self).term
 
-        @tf.function(reduce_retracing=True)
+        @tf.function(reduce_retracing=True, jit_compile=jit_compile_ok())
         def chunk(x, task_ids, y, seed):
             del y, seed  # label-free
             return per_example_terms(

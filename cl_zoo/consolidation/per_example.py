@@ -52,6 +52,17 @@ def per_example_terms(model, variables, x, task_ids, objective, term,
     return [tf.reduce_sum(t, axis=0) for t in terms]
 
 
+def jit_compile_ok():
+    """Whether to compile importance functions with XLA.
+
+    XLA fuses the per-example terms with their sum over the chunk instead of
+    writing every example's gradient to memory (about 3x faster on CPU for
+    a 784-512-256 MLP). Not under a multi-device strategy, where XLA on
+    logical CPU devices fails (keras-team/keras#19005).
+    """
+    return tf.distribute.get_strategy().num_replicas_in_sync == 1
+
+
 def mean_over_examples(chunk_fn, variables, dataset, num_samples, seed=0):
     """Means of `chunk_fn`'s per-chunk sums over up to `num_samples` examples.
 
