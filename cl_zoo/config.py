@@ -61,6 +61,7 @@ class RunConfig:
     memory_update: str = "sign"
     # Importance-based consolidations (SPP, SI, MAS).
     spp_lambda: float = 4.0
+    spp_group: int = 1
     si_lambda: float = 1.0
     si_damping: float = 0.1
     mas_lambda: float = 1.0
@@ -123,7 +124,7 @@ def _check(config: RunConfig):
 
     for name in ("epochs", "batch_size", "num_cpu_devices",
                  "fisher_samples", "eval_batch_size", "bias_hidden",
-                 "memory_units", "memory_size"):
+                 "memory_units", "memory_size", "spp_group"):
         value = getattr(config, name)
         if not isinstance(value, int) or value < 1:
             fail(name, value, "a positive integer")

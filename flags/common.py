@@ -25,7 +25,8 @@ CONFIG_FLAGS = (
     "fisher_mode", "fisher_normalize", "ewc_gamma", "bias_hidden",
     "bias_update", "epsilon",
     "bias_layers", "memory_units", "memory_update", "loss",
-    "spp_lambda", "si_lambda", "si_damping", "mas_lambda", "lwf_lambda",
+    "spp_lambda", "spp_group", "si_lambda", "si_damping", "mas_lambda",
+    "lwf_lambda",
     "lwf_temperature", "memory_size", "gem_margin", "lr_decay", "dropout",
     "eval_batch_size", "eval_examples", "export", "verbose",
     "overwrite", "model_dir",
@@ -186,6 +187,14 @@ def define_run_flags():
         "SPP strength lambda in lambda * sum Omega (w - w*)^2, Omega the "
         "label-free entropy importance summed over tasks. The paper sweeps "
         "0.01-12 and finds 4 best. Default 4.",
+    )
+    flags.DEFINE_integer(
+        "spp_group", None,
+        "SPP: examples per entropy gradient. 1: each example's own gradient "
+        "(vectorized). G > 1: the gradient of the entropy summed over G "
+        "examples, the importance averaged over such batches (the scale of "
+        "code that differentiates a batch's summed entropy; the paper's "
+        "lambda range fits it). Default 1.",
     )
     flags.DEFINE_float("si_lambda", None, "SI strength c in c * sum Omega "
                        "(w - w*)^2 (Zenke et al. 2017). Default 1.")

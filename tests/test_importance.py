@@ -98,6 +98,33 @@ def test_importance_matches_per_example_loop(kind, tiny_benchmark):
         np.testing.assert_allclose(a.numpy(), b, rtol=1e-4, atol=1e-7)
 
 
+def test_grouped_spp_uses_batch_gradients(tiny_benchmark):
+    """group_size=G: the terms of the gradient of each G examples' summed
+    entropy, averaged over the groups."""
+    model = _model(tiny_benchmark, SPP(1.0, samples=12, group_size=4))
+    spp = model.consolidation
+    spp.build(model)
+    x, _ = tiny_benchmark.train_arrays(0, head="multi", limit=12)
+    ds = tf.data.Dataset.from_tensor_slices(
+        ({"x": x, "task": np.zeros(len(x), "int32")},
+         np.zeros(len(x), "int64"))
+    ).batch(spp.chunk_size)
+    fast = mean_over_examples(spp._chunk_fn, spp.params, ds, 12, group=4)
+    total = [np.zeros(v.shape) for v in spp.params]
+    for start in range(0, 12, 4):
+        inputs = {"x": x[start:start + 4], "task": np.zeros(4, "int32")}
+        with tf.GradientTape() as tape:
+            value = tf.add_n([_entropy(row) for row in model(inputs)])
+        for k, (g, w) in enumerate(zip(tape.gradient(value, spp.params),
+                                       spp.params)):
+            gw = g.numpy() * w.numpy()
+            total[k] += np.maximum(0, gw + 0.5 * gw**2)
+    for a, b in zip(fast, total):
+        np.testing.assert_allclose(a.numpy(), b / 3, rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="group_size"):
+        SPP(1.0, samples=4, group_size=8)
+
+
 @pytest.mark.parametrize("cls", [SPP, MAS])
 def test_importance_is_summed_over_tasks_and_anchored(cls, tiny_benchmark):
     model = _model(tiny_benchmark, cls(2.0, samples=16))

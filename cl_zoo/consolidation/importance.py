@@ -34,7 +34,8 @@ from cl_zoo.replicas import cross_replica_sum
 
 
 def output_entropy(logits, unused=None):
-    """Entropy of the softmax of one example's logits (SPP's objective)."""
+    """Entropy of the softmax of one example's logits (SPP's objective);
+    of a `(group, classes)` batch, the sum of its examples' entropies."""
     del unused
     log_q = tf.nn.log_softmax(logits)
     return -tf.reduce_sum(tf.exp(log_q) * log_q)
@@ -47,7 +48,8 @@ def spp_term(grad, weight):
 
 
 def squared_output_norm(logits, unused=None):
-    """`||f(x)||^2` of one example's output (MAS's objective)."""
+    """`||f(x)||^2` of one example's output (MAS's objective); of a
+    `(group, classes)` batch, the sum over its examples."""
     del unused
     return tf.reduce_sum(tf.square(logits))
 
@@ -69,21 +71,36 @@ class DataImportance(QuadraticConsolidation):
             over.
         chunk_size: examples per vectorized per-example-gradient chunk.
         seed: seed of the data order.
+        group_size: examples per gradient. 1 (the default): each example's
+            own gradient. G > 1: the gradient of the objective summed over
+            G examples (a mini-batch, as in code that takes the gradient of
+            a batch's summed entropy), the terms averaged over the batches:
+            the first-order term grows with G, the second with G^2.
     """
 
     penalty_scale = 1.0
     objective = None
     term = None
 
-    def __init__(self, strength, samples=1024, chunk_size=128, seed=0):
+    def __init__(self, strength, samples=1024, chunk_size=128, seed=0,
+                 group_size=1):
         super().__init__(strength)
         if samples < 1:
             raise ValueError(
                 "Expected a positive number of importance samples. "
                 f"Received: samples={samples}"
             )
-        self.samples = int(samples)
-        self.chunk_size = int(chunk_size)
+        if group_size < 1 or group_size > samples:
+            raise ValueError(
+                "Expected 1 <= group_size <= samples. "
+                f"Received: group_size={group_size}, samples={samples}"
+            )
+        self.group_size = int(group_size)
+        # Whole groups only.
+        self.samples = int(samples) // self.group_size * self.group_size
+        self.chunk_size = self.group_size * max(
+            1, int(chunk_size) // self.group_size
+        )
         self.seed = int(seed)
 
     def build(self, model):
@@ -93,12 +110,13 @@ class DataImportance(QuadraticConsolidation):
     def make_chunk_fn(self, model, variables):
         """A traced `(x, task_ids, y, seed) -> per-variable sums`."""
         objective, term = type(self).objective, type(self).term
+        group = self.group_size
 
         @tf.function(reduce_retracing=True, jit_compile=jit_compile_ok())
         def chunk(x, task_ids, y, seed):
             del y, seed  # label-free
             return per_example_terms(
-                model, variables, x, task_ids, objective, term
+                model, variables, x, task_ids, objective, term, group=group
             )
 
         return chunk
@@ -110,11 +128,13 @@ class DataImportance(QuadraticConsolidation):
             self.chunk_size,
             head=model.label_mode,
             seed=self.seed + 7919 * (task + 1),
-            drop_remainder=False,
+            drop_remainder=self.group_size > 1,
             with_task_id=True,
         )
+        # A mean over gradients: over examples, or over groups of them.
         return mean_over_examples(
-            self._chunk_fn, self.params, dataset, self.samples
+            self._chunk_fn, self.params, dataset, self.samples,
+            group=self.group_size,
         )
 
     def end_task(self, model, task, benchmark):
@@ -127,7 +147,8 @@ class DataImportance(QuadraticConsolidation):
             anchor.assign(param)
 
     def config(self):
-        return {**super().config(), "samples": self.samples}
+        return {**super().config(), "samples": self.samples,
+                "group_size": self.group_size}
 
 
 class SPP(DataImportance):

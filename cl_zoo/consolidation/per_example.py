@@ -13,8 +13,13 @@ import tensorflow as tf
 
 
 def per_example_terms(model, variables, x, task_ids, objective, term,
-                      extra=None, reduce=True):
+                      extra=None, reduce=True, group=1):
     """`term(grad, variable)` of each example's gradient, summed over x.
+
+    With `group > 1` the gradient is that of the objective summed over each
+    run of `group` consecutive examples (a mini-batch's gradient), and the
+    terms are of those gradients; `objective` then gets `(group, classes)`
+    logits and must sum over them.
 
     Args:
         model: a `ContinualModel` (called with `{"x", "task"}` inputs).
@@ -25,6 +30,7 @@ def per_example_terms(model, variables, x, task_ids, objective, term,
         term: `(grad, variable) -> tensor` shaped like the variable.
         extra: optional per-example tensor passed to `objective` (labels).
         reduce: sum over the chunk; if False, keep a leading example axis.
+        group: examples per gradient; the chunk's size must be a multiple.
 
     Returns:
         A list of tensors shaped like `variables`: the sums over the chunk
@@ -33,11 +39,21 @@ def per_example_terms(model, variables, x, task_ids, objective, term,
     if extra is None:
         extra = tf.zeros(tf.shape(task_ids), tf.int32)
 
+    if group > 1:
+        x = tf.reshape(x, (-1, group, *x.shape[1:]))
+        task_ids = tf.reshape(task_ids, (-1, group))
+        extra = tf.reshape(extra, (-1, group))
+
     def one(args):
         xi, ti, ei = args
         with tf.GradientTape() as tape:
-            logits = model({"x": xi[None], "task": ti[None]}, training=False)
-            value = objective(logits[0], ei)
+            if group > 1:
+                value = objective(model({"x": xi, "task": ti}), ei)
+            else:
+                logits = model(
+                    {"x": xi[None], "task": ti[None]}, training=False
+                )
+                value = objective(logits[0], ei)
         grads = tape.gradient(value, variables)
         return [
             term(g, v) if g is not None else tf.zeros_like(v)
@@ -63,7 +79,8 @@ def jit_compile_ok():
     return tf.distribute.get_strategy().num_replicas_in_sync == 1
 
 
-def mean_over_examples(chunk_fn, variables, dataset, num_samples, seed=0):
+def mean_over_examples(chunk_fn, variables, dataset, num_samples, seed=0,
+                       group=1):
     """Means of `chunk_fn`'s per-chunk sums over up to `num_samples` examples.
 
     Args:
@@ -73,6 +90,8 @@ def mean_over_examples(chunk_fn, variables, dataset, num_samples, seed=0):
             keep `vectorized_map` fast and its memory small).
         num_samples: examples to use; fewer if the dataset runs out.
         seed: base of the per-chunk seeds handed to `chunk_fn`.
+        group: examples per gradient of `chunk_fn` (see `per_example_terms`):
+            chunks are cut to whole groups and the mean is over groups.
 
     Returns:
         A list of tensors shaped like `variables`.
@@ -87,6 +106,7 @@ def mean_over_examples(chunk_fn, variables, dataset, num_samples, seed=0):
     for step, (inputs, y) in enumerate(dataset):
         x, task_ids = inputs["x"], inputs["task"]
         take = min(int(tf.shape(x)[0]), num_samples - seen)
+        take -= take % group
         if take <= 0:
             break
         sums = chunk_fn(
@@ -99,4 +119,4 @@ def mean_over_examples(chunk_fn, variables, dataset, num_samples, seed=0):
         seen += take
     if seen == 0:
         raise ValueError("The importance dataset yielded no examples.")
-    return [t / seen for t in totals]
+    return [t / (seen // group) for t in totals]

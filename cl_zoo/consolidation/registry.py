@@ -23,7 +23,8 @@ _BUILDERS = {
     "ewc": lambda config: _ewc(config, online=False),
     "online_ewc": lambda config: _ewc(config, online=True),
     "spp": lambda config: SPP(
-        config.spp_lambda, samples=config.fisher_samples, seed=config.seed
+        config.spp_lambda, samples=config.fisher_samples, seed=config.seed,
+        group_size=config.spp_group,
     ),
     "mas": lambda config: MAS(
         config.mas_lambda, samples=config.fisher_samples, seed=config.seed
