@@ -98,7 +98,11 @@ def sweep_png(xs, series, xlabel, title="", ylabel="test accuracy"):
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_ylim(0.0, 1.02)
+    positive = all(x > 0 for x in xs)
+    if positive and len(xs) > 2 and max(xs) / min(xs) > 100:
+        ax.set_xscale("log")  # a strength swept over decades
     ax.set_xticks(list(xs))
+    ax.set_xticklabels([f"{x:g}" for x in xs])
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title(title)

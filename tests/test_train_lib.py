@@ -264,3 +264,23 @@ def test_checkpoint_restores_every_variable(tmp_path, tiny_benchmark):
         np.testing.assert_array_equal(a, v.numpy(), err_msg=v.path)
     for a, v in zip(state, fresh.model.consolidation.state_variables()):
         np.testing.assert_array_equal(a, v.numpy())
+
+
+def test_importances_are_logged_as_histograms(finished_run):
+    """After each task, every protected parameter's importance (EWC's
+    Fisher here) is a TensorBoard histogram, as in the SPP paper's Fig. 6."""
+    import tensorflow as tf
+
+    config, _ = finished_run
+    eval_dir = os.path.join(config.model_dir, "summaries", "eval")
+    steps = {}
+    for name in os.listdir(eval_dir):
+        for event in tf.compat.v1.train.summary_iterator(
+                os.path.join(eval_dir, name)):
+            for value in event.summary.value:
+                if value.tag.startswith("importance/"):
+                    plugin = value.metadata.plugin_data.plugin_name
+                    assert plugin == "histograms"
+                    steps.setdefault(value.tag, set()).add(event.step)
+    assert any("kernel" in tag for tag in steps)
+    assert all(s == {1, 2, 3} for s in steps.values())
