@@ -5,6 +5,7 @@ from cl_zoo.methods import (  # noqa: F401  (imported to register)
     bpn,
     ewc,
     finetune,
+    gem,
     joint,
     lwf,
     mas,
