@@ -15,6 +15,7 @@ from keras import ops
 from cl_zoo.consolidation import fisher as fisher_lib
 from cl_zoo.consolidation.base import QuadraticConsolidation
 from cl_zoo.consolidation.penalties import merge_quadratic
+from cl_zoo.consolidation.per_example import task_chunks
 
 FISHER_NORMALIZATIONS = ("none", "max")
 
@@ -88,13 +89,8 @@ class EWC(QuadraticConsolidation):
         )
 
     def fisher(self, model, task, benchmark):
-        dataset = benchmark.train_dataset(
-            task,
-            self.chunk_size,
-            head=model.label_mode,
-            seed=self.seed + 7919 * (task + 1),
-            drop_remainder=False,
-            with_task_id=True,
+        dataset = task_chunks(
+            model, benchmark, task, self.chunk_size, self.seed
         )
         return fisher_lib.diagonal_fisher(
             model,

@@ -29,6 +29,7 @@ from cl_zoo.consolidation.per_example import (
     jit_compile_ok,
     mean_over_examples,
     per_example_terms,
+    task_chunks,
 )
 from cl_zoo.replicas import cross_replica_sum
 
@@ -123,13 +124,9 @@ class DataImportance(QuadraticConsolidation):
 
     def task_importance(self, model, task, benchmark):
         """This task's importance, one tensor per parameter."""
-        dataset = benchmark.train_dataset(
-            task,
-            self.chunk_size,
-            head=model.label_mode,
-            seed=self.seed + 7919 * (task + 1),
+        dataset = task_chunks(
+            model, benchmark, task, self.chunk_size, self.seed,
             drop_remainder=self.group_size > 1,
-            with_task_id=True,
         )
         # A mean over gradients: over examples, or over groups of them.
         return mean_over_examples(

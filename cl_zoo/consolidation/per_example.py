@@ -68,6 +68,20 @@ def per_example_terms(model, variables, x, task_ids, objective, term,
     return [tf.reduce_sum(t, axis=0) for t in terms]
 
 
+def task_chunks(model, benchmark, task, chunk_size, seed,
+                drop_remainder=False):
+    """A task's training data in chunks `({"x", "task"}, y)`, labels in the
+    model's label mode, shuffled with a seed of its own per task."""
+    return benchmark.train_dataset(
+        task,
+        chunk_size,
+        head=model.label_mode,
+        seed=seed + 7919 * (task + 1),
+        drop_remainder=drop_remainder,
+        with_task_id=True,
+    )
+
+
 def jit_compile_ok():
     """Whether to compile importance functions with XLA.
 
