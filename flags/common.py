@@ -132,8 +132,9 @@ def define_run_flags():
     )
     flags.DEFINE_string(
         "fisher_normalize", None,
-        "'none', or 'max': divide each task's Fisher by its largest entry, "
-        "so every task is protected on one scale. Default none.",
+        "'none', or 'max': divide each task's Fisher (EWC) or importance "
+        "(SPP, MAS) by its largest entry, so every task is protected on one "
+        "scale. Default none (max for bd_ewc, bd_psp, gd_ewc, ad_ewc).",
     )
     flags.DEFINE_float("ewc_gamma", None, "Online EWC's decay of the old "
                        "Fisher, in [0, 1]. Default 0.9 for online_ewc.")

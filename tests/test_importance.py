@@ -257,3 +257,12 @@ def test_lwf_holds_old_heads_to_the_old_network(tiny_benchmark):
         return float(np.mean((tf.nn.softmax(new) - tf.nn.softmax(old))**2))
 
     assert head_drift(10.0) < 0.5 * head_drift(0.0)
+
+
+def test_max_normalized_importance_peaks_at_one(tiny_benchmark):
+    model = _model(tiny_benchmark, SPP(1.0, samples=16, normalize="max"))
+    model.consolidation.end_task(model, 0, tiny_benchmark)
+    top = max(float(v.numpy().max()) for v in model.consolidation.importance)
+    assert top == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="normalize"):
+        MAS(1.0, normalize="sum")

@@ -5,8 +5,31 @@ from __future__ import annotations
 import abc
 
 import keras
+from keras import ops
 
 from cl_zoo.consolidation.penalties import quadratic_penalty
+
+NORMALIZATIONS = ("none", "max")
+
+
+def check_normalization(normalize):
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(
+            f"Expected `normalize` in {NORMALIZATIONS}. "
+            f"Received: normalize={normalize!r}"
+        )
+    return normalize
+
+
+def normalize_importance(importances, normalize):
+    """`"max"`: divides one task's importances by their largest entry, so
+    that every task is protected on the same scale however confident the
+    model was on it (a saturated softmax makes the raw values vanish)."""
+    if normalize == "max":
+        top = max(float(ops.max(v)) for v in importances)
+        if top > 0:
+            return [v / top for v in importances]
+    return importances
 
 
 class Consolidation(abc.ABC):

@@ -10,14 +10,14 @@ memory does not grow with the number of tasks. Online EWC (Schwarz et al.,
 
 from __future__ import annotations
 
-from keras import ops
-
 from cl_zoo.consolidation import fisher as fisher_lib
-from cl_zoo.consolidation.base import QuadraticConsolidation
+from cl_zoo.consolidation.base import (
+    QuadraticConsolidation,
+    check_normalization,
+    normalize_importance,
+)
 from cl_zoo.consolidation.penalties import merge_quadratic
 from cl_zoo.consolidation.per_example import task_chunks
-
-FISHER_NORMALIZATIONS = ("none", "max")
 
 
 class EWC(QuadraticConsolidation):
@@ -52,12 +52,7 @@ class EWC(QuadraticConsolidation):
         normalize="none",
     ):
         super().__init__(strength)
-        if normalize not in FISHER_NORMALIZATIONS:
-            raise ValueError(
-                f"Expected `normalize` in {FISHER_NORMALIZATIONS}. "
-                f"Received: normalize={normalize!r}"
-            )
-        self.normalize = normalize
+        self.normalize = check_normalization(normalize)
         if fisher_mode not in fisher_lib.FISHER_MODES:
             raise ValueError(
                 f"Expected `fisher_mode` in {fisher_lib.FISHER_MODES}. "
@@ -104,11 +99,9 @@ class EWC(QuadraticConsolidation):
 
     def end_task(self, model, task, benchmark):
         super().end_task(model, task, benchmark)
-        fishers = self.fisher(model, task, benchmark)
-        if self.normalize == "max":
-            top = max(float(ops.max(f)) for f in fishers)
-            if top > 0:
-                fishers = [f / top for f in fishers]
+        fishers = normalize_importance(
+            self.fisher(model, task, benchmark), self.normalize
+        )
         for imp, anchor, param, f in zip(
             self.importance, self.anchor, self.params, fishers
         ):

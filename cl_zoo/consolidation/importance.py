@@ -24,7 +24,11 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from cl_zoo.consolidation.base import QuadraticConsolidation
+from cl_zoo.consolidation.base import (
+    QuadraticConsolidation,
+    check_normalization,
+    normalize_importance,
+)
 from cl_zoo.consolidation.per_example import (
     jit_compile_ok,
     mean_over_examples,
@@ -77,6 +81,9 @@ class DataImportance(QuadraticConsolidation):
             G examples (a mini-batch, as in code that takes the gradient of
             a batch's summed entropy), the terms averaged over the batches:
             the first-order term grows with G, the second with G^2.
+        normalize: `"none"`, or `"max"` to divide each task's importance
+            by its largest entry before it is added (as EWC's
+            `fisher_normalize`).
     """
 
     penalty_scale = 1.0
@@ -84,8 +91,9 @@ class DataImportance(QuadraticConsolidation):
     term = None
 
     def __init__(self, strength, samples=1024, chunk_size=128, seed=0,
-                 group_size=1):
+                 group_size=1, normalize="none"):
         super().__init__(strength)
+        self.normalize = check_normalization(normalize)
         if samples < 1:
             raise ValueError(
                 "Expected a positive number of importance samples. "
@@ -136,7 +144,9 @@ class DataImportance(QuadraticConsolidation):
 
     def end_task(self, model, task, benchmark):
         super().end_task(model, task, benchmark)
-        new = self.task_importance(model, task, benchmark)
+        new = normalize_importance(
+            self.task_importance(model, task, benchmark), self.normalize
+        )
         for imp, anchor, param, omega in zip(
             self.importance, self.anchor, self.params, new
         ):
@@ -145,7 +155,7 @@ class DataImportance(QuadraticConsolidation):
 
     def config(self):
         return {**super().config(), "samples": self.samples,
-                "group_size": self.group_size}
+                "group_size": self.group_size, "normalize": self.normalize}
 
 
 class SPP(DataImportance):

@@ -24,10 +24,11 @@ _BUILDERS = {
     "online_ewc": lambda config: _ewc(config, online=True),
     "spp": lambda config: SPP(
         config.spp_lambda, samples=config.fisher_samples, seed=config.seed,
-        group_size=config.spp_group,
+        group_size=config.spp_group, normalize=config.fisher_normalize,
     ),
     "mas": lambda config: MAS(
-        config.mas_lambda, samples=config.fisher_samples, seed=config.seed
+        config.mas_lambda, samples=config.fisher_samples, seed=config.seed,
+        normalize=config.fisher_normalize,
     ),
     "si": lambda config: SI(config.si_lambda, damping=config.si_damping),
 }
