@@ -177,6 +177,15 @@ def _check(config: RunConfig):
     if not config.hidden_units or min(config.hidden_units) < 1:
         fail("hidden_units", ",".join(map(str, config.hidden_units)),
              "a comma-separated list of positive integers")
+    if config.strategy == "multi_worker_mirrored":
+        # A contract name, refused before anything runs (README,
+        # "Distributed training").
+        raise ConfigError(
+            "--strategy=multi_worker_mirrored is not supported: model.fit "
+            "fails under MultiWorkerMirroredStrategy in Keras 3.15 "
+            "(keras-team/keras#20585); use --strategy=mirrored (every GPU "
+            "of one machine, or --num_cpu_devices=N CPU replicas)."
+        )
     if config.strategy == "default" and config.num_cpu_devices > 1:
         raise ConfigError(
             "--num_cpu_devices > 1 needs --strategy=mirrored (or "

@@ -24,11 +24,34 @@ class _Serving(tf.Module):
         self.inference_variables = [v.value for v in variables]
 
 
-def _check_inputs(x):
+def _runtime_shape(t):
+    """`tf.shape(t)` computed when the function runs.
+
+    A signature's loaded function accepts tensors of any shape its spec's
+    dtype matches, and TensorFlow folds `tf.shape` of a declared dimension
+    into a constant: hide the declared shape first.
+    """
+    return tf.shape(tf.compat.v1.placeholder_with_default(t, shape=None))
+
+
+def _check_inputs(x, example_shape):
+    shape = _runtime_shape(x)
+    dims = ", ".join(map(str, example_shape))
+    rank_ok = tf.equal(tf.size(shape), len(example_shape) + 1)
+    shape_ok = tf.cond(
+        rank_ok,
+        lambda: tf.reduce_all(tf.equal(shape[1:], example_shape)),
+        lambda: tf.constant(False),
+    )
     return [
+        tf.debugging.Assert(
+            shape_ok,
+            [f"x must have shape (batch, {dims}); received shape", shape],
+            name="check_shape",
+        ),
         tf.debugging.assert_all_finite(
             x, "inputs must be finite (pixels as float32 in [0, 1])"
-        )
+        ),
     ]
 
 
@@ -37,10 +60,13 @@ def _task_scores(model, x, task, width):
     return tf.nn.softmax(logits[:, :width])
 
 
+_TMP_PREFIX = ".tmp-export-"
+
+
 def _save_atomically(module, path, signatures):
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-export-", dir=parent)
+    tmp = tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=parent)
     try:
         tf.saved_model.save(module, tmp, signatures=signatures)
         if os.path.exists(path):
@@ -67,7 +93,7 @@ def export_task(model, task, path):
 
     @tf.function(input_signature=[spec])
     def serve(x):
-        with tf.control_dependencies(_check_inputs(x)):
+        with tf.control_dependencies(_check_inputs(x, model.example_shape)):
             return {"scores": _task_scores(model, x, tf.constant(task), width)}
 
     module.serve = serve
@@ -77,12 +103,15 @@ def export_task(model, task, path):
 def export_all_tasks(model, path):
     """Exports the model with an int32 scalar `task_id` input.
 
-    A task id out of range fails with an InvalidArgumentError that names the
-    allowed range. Scores have the widest task's width; with one head per
-    task, classes past `len(task_classes[task_id])` get probability 0.
+    A task id out of range, or not a scalar, fails with an
+    InvalidArgumentError that says what is allowed. Scores have the widest
+    task's width; with one head per task, classes past
+    `len(task_classes[task_id])` get probability 0.
     """
     spec = tf.TensorSpec((None, *model.example_shape), tf.float32, name="x")
-    task_spec = tf.TensorSpec((), tf.int32, name="task_id")
+    # Declared of any shape, so that the scalar check runs (a declared
+    # scalar shape would be folded into it).
+    task_spec = tf.TensorSpec(None, tf.int32, name="task_id")
     num_tasks = model.num_tasks
     module = _Serving(model.inference_variables())
     width = max(task_widths(model))
@@ -93,7 +122,15 @@ def export_all_tasks(model, path):
             f"task_id out of range: this model has {num_tasks} tasks, "
             f"expected 0 <= task_id < {num_tasks}"
         )
-        checks = _check_inputs(x) + [
+        scalar = tf.debugging.Assert(
+            tf.equal(tf.size(tf.shape(task_id)), 0),
+            ["task_id must be a scalar int32; received shape",
+             tf.shape(task_id)],
+            name="check_task_id_scalar",
+        )
+        with tf.control_dependencies([scalar]):
+            task_id = tf.reshape(task_id, [])
+        checks = _check_inputs(x, model.example_shape) + [
             tf.debugging.assert_greater_equal(task_id, 0, message=message),
             tf.debugging.assert_less(task_id, num_tasks, message=message),
         ]
@@ -105,7 +142,17 @@ def export_all_tasks(model, path):
 
 
 def export_all(model, export_dir):
-    """Writes `export_dir/task_<t>/` for every task and `all_tasks/`."""
+    """Writes `export_dir/task_<t>/` for every task and `all_tasks/`.
+
+    Each SavedModel is written to a temporary directory and renamed into
+    place, so a killed export never leaves a half-written one under its
+    final name; the temporary directories of a killed export are removed.
+    """
+    if os.path.isdir(export_dir):
+        for entry in os.listdir(export_dir):
+            if entry.startswith(_TMP_PREFIX):
+                shutil.rmtree(os.path.join(export_dir, entry),
+                              ignore_errors=True)
     for task in range(model.num_tasks):
         export_task(model, task, os.path.join(export_dir, f"task_{task}"))
     export_all_tasks(model, os.path.join(export_dir, "all_tasks"))

@@ -59,8 +59,11 @@ def read_progress(model_dir):
         return None
     try:
         with open(path) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
+            progress = json.load(f)
+        if not isinstance(progress, dict):
+            raise ValueError("not a JSON object")
+        return progress
+    except (OSError, ValueError) as e:  # JSON and UTF-8 errors too
         raise RunStateError(
             f"{path} is unreadable ({e}); delete the run directory or pass "
             "--overwrite to start again."
@@ -76,10 +79,11 @@ def prepare_model_dir(config: RunConfig):
     model_dir = config.model_dir
     if not model_dir:
         raise ConfigError("--model_dir is required: where the run writes.")
-    progress = read_progress(model_dir)
     if config.overwrite and os.path.isdir(model_dir):
+        # Before reading progress.json: --overwrite also replaces a run
+        # whose progress.json is unreadable.
         shutil.rmtree(model_dir)
-        progress = None
+    progress = read_progress(model_dir)
     if progress is None:
         if os.path.isdir(model_dir) and os.listdir(model_dir):
             # What a run writes before its first checkpoint.
@@ -250,10 +254,12 @@ class RunCheckpoint:
         path = os.path.join(self.root, name, "ckpt")
         try:
             self.checkpoint.read(path).assert_consumed()
-        except (tf.errors.OpError, AssertionError, ValueError) as e:
+        except (tf.errors.OpError, AssertionError, ValueError, IndexError,
+                OSError) as e:  # IndexError: a truncated data file
+            reason = " ".join(str(e).split())  # one line
             raise RunStateError(
-                f"Checkpoint {path} is corrupt or from another model ({e}); "
-                "pass --overwrite to start the run again."
+                f"Checkpoint {path} is corrupt or from another model "
+                f"({reason}); pass --overwrite to start the run again."
             ) from e
 
     def prune(self, keep):
@@ -357,12 +363,19 @@ class ContinualRun:
         p = self.progress
         if p is None:
             return 0, 0
-        self.matrix = [list(r) for r in p["accuracy_matrix"]]
-        self.initial = p["initial_accuracy"]
-        self.train_seconds = float(p["train_seconds"])
-        self._ckpt_counter = int(p["checkpoint"].split("-")[-1])
+        try:
+            self.matrix = [list(r) for r in p["accuracy_matrix"]]
+            self.initial = p["initial_accuracy"]
+            self.train_seconds = float(p["train_seconds"])
+            self._ckpt_counter = int(p["checkpoint"].split("-")[-1])
+            task, done = int(p["task"]), int(p["epochs_done"])
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise RunStateError(
+                f"{os.path.join(self.config.model_dir, PROGRESS_FILE)} is "
+                f"malformed ({type(e).__name__}: {e}); pass --overwrite to "
+                "start the run again."
+            ) from e
         self.checkpoint.restore(p["checkpoint"])
-        task, done = int(p["task"]), int(p["epochs_done"])
         if done >= self.config.epochs and len(self.matrix) > task:
             return task + 1, 0
         return task, done
@@ -379,6 +392,9 @@ class ContinualRun:
                 "Resuming %s at task %d, epoch %d.",
                 config.model_dir, start_task, start_epoch,
             )
+            if config.verbose:
+                print(f"Resuming {config.model_dir} at task {start_task}, "
+                      f"epoch {start_epoch} (counted from 0).", flush=True)
         if self.initial is None:
             self.initial = self.evaluator.all_tasks()
             self._log_text()
@@ -403,6 +419,12 @@ class ContinualRun:
         dataset = model.train_dataset(
             task, self.benchmark, config.batch_size, seed=config.seed + task
         )
+        for _ in range(2 * first_epoch):
+            # Every new iterator reshuffles, and Keras 3.15's fit makes two
+            # per epoch (one at its start, one when an epoch ends): pass the
+            # orders of the epochs done, so that a resumed task sees the
+            # data of the uninterrupted run (tests/test_reliability.py).
+            iter(dataset)
         if first_epoch < config.epochs:
             model.fit(
                 dataset,

@@ -27,6 +27,9 @@ flags.DEFINE_string(
     "A config key (e.g. memory_units): with --plot, plot task-1 accuracy "
     "after the last task and ACC against that setting instead of the "
     "accuracy curves.",
+    # trainers.train has a --sweep of its own; a process that imports both
+    # (the test suite) keeps the later one.
+    allow_override=True,
 )
 
 

@@ -164,7 +164,11 @@ def main(argv):
     benchmark, loaded_key = None, None
     for config in configs:
         if len(configs) > 1:
-            progress = train_lib.read_progress(config.model_dir)
+            try:
+                progress = (None if config.overwrite else
+                            train_lib.read_progress(config.model_dir))
+            except train_lib.RunStateError as e:
+                _fail(str(e))
             if (progress and progress.get("status") == "finished"
                     and not config.overwrite):
                 print(f"{config.model_dir}: finished already, kept.",

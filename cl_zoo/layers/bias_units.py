@@ -179,7 +179,6 @@ class BiasUnitDense(_TaskDenseBase):
         )
         _check_positive("bias_hidden", bias_hidden)
         self.bias_hidden = bias_hidden
-        self._factor_rng = np.random.default_rng(self.key_seed + 10_007)
 
     def build(self, input_shape):
         super().build(input_shape)
@@ -205,11 +204,20 @@ class BiasUnitDense(_TaskDenseBase):
             trainable=False,
         )
 
-    def _new_factor_w(self):
+    def _new_factor_w(self, draw=0):
+        """The `draw`-th random `W` of the layer: 0 at build, t + 1 for task t.
+
+        A function of the draw alone, not of the draws this process made
+        before, so that a resumed run gives a task the factors that the
+        uninterrupted run gave it (the numbers of one stream drawn in task
+        order).
+        """
         limit = np.sqrt(6.0 / (self.bias_hidden + self.units))
-        return self._factor_rng.uniform(
-            -limit, limit, (self.bias_hidden, self.units)
-        ).astype("float32")
+        shape = (self.bias_hidden, self.units)
+        rng = np.random.default_rng(self.key_seed + 10_007)
+        for _ in range(draw):
+            rng.uniform(-limit, limit, shape)
+        return rng.uniform(-limit, limit, shape).astype("float32")
 
     def call(self, inputs, task_ids):
         task_ids = ops.cast(task_ids, "int32")
@@ -223,7 +231,7 @@ class BiasUnitDense(_TaskDenseBase):
     def start_task(self, task):
         """Fresh factors `M_t = 0`, random `W_t`, live for `task`."""
         self.factor_m.assign(ops.zeros_like(self.factor_m))
-        self.factor_w.assign(self._new_factor_w())
+        self.factor_w.assign(self._new_factor_w(int(task) + 1))
         self.live_task.assign(task)
 
     def freeze_task(self, task):

@@ -118,7 +118,11 @@ class ContinualModel(keras.Model):
     Call arguments:
         inputs: a batch of examples, or a dict `{"x": batch, "task": ids}`
             with an int32 task id per example (or one for the whole batch).
-            Without ids the batch belongs to `model.task`.
+            Without ids the batch belongs to `model.task`. Inputs are
+            float32; integer inputs are cast as they are (not scaled),
+            strings are a TypeError, a wrong shape a ValueError. Called
+            eagerly, non-finite inputs and task ids out of range are a
+            ValueError / IndexError; `predict` checks them too.
         training: whether the call is part of a training step.
     """
 
@@ -283,19 +287,76 @@ class ContinualModel(keras.Model):
         else:
             x, task = inputs, None
         x = ops.convert_to_tensor(x)
-        if tuple(x.shape[1:]) != self.example_shape:
+        expected = (None, *self.example_shape)
+        if not tf.TensorShape(x.shape).is_compatible_with(expected):
             raise ValueError(
                 f"Expected inputs of shape (batch, "
                 f"{', '.join(map(str, self.example_shape))}) for this model. "
                 f"Received: shape={tuple(x.shape)}"
             )
+        if not tf.TensorShape(x.shape)[1:].is_fully_defined():
+            # A retrace with relaxed shapes (predict): check when it runs.
+            x = tf.ensure_shape(x, expected)
+        dtype = tf.as_dtype(x.dtype)
+        if not (dtype.is_floating or dtype.is_integer or dtype.is_bool):
+            raise TypeError(
+                "Expected real-valued inputs (float32 pixels in [0, 1]). "
+                f"Received: dtype={dtype.name}"
+            )
         if x.dtype != "float32":
+            # Integers are cast as they are, not scaled: uint8 pixels must
+            # be divided by 255 first.
             x = ops.cast(x, "float32")
         if task is None:
             task = self.task
         task = ops.cast(task, "int32")
         task_ids = ops.broadcast_to(task, (ops.shape(x)[0],))
+        if tf.executing_eagerly():
+            self._check_values(x, task_ids)
         return x, task_ids
+
+    def _check_values(self, x, task_ids):
+        """Eager calls: non-finite inputs and unknown task ids are errors."""
+        bad = int(tf.size(x)) - int(tf.math.count_nonzero(
+            tf.math.is_finite(x)))
+        if bad:
+            raise ValueError(
+                "Expected finite inputs (float32 pixels in [0, 1]). "
+                f"Received: {bad} NaN or infinite values"
+            )
+        outside = tf.boolean_mask(
+            task_ids, (task_ids < 0) | (task_ids >= self.num_tasks)
+        )
+        if int(tf.size(outside)):
+            self._check_task(int(outside[0]))
+
+    def predict_step(self, data):
+        """`predict` with the checks of eager calls, as graph assertions.
+
+        Non-finite inputs and task ids (given or `model.task`) outside
+        `0 <= task < num_tasks` raise InvalidArgumentError. Under XLA
+        (`jit_compile=True`, Keras's default on a GPU) the assertions are
+        compiled away.
+        """
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        x, task_ids = self.unpack_inputs(x)
+        message = (
+            f"task id out of range: this model has {self.num_tasks} tasks "
+            f"(0 <= task < {self.num_tasks})"
+        )
+        checks = [
+            tf.debugging.assert_non_negative(task_ids, message=message),
+            tf.debugging.assert_less(task_ids, self.num_tasks,
+                                     message=message),
+        ]
+        with tf.control_dependencies(checks):
+            # Both inputs wait for the checks (a gather by task id would
+            # otherwise fail first, with its own message).
+            task_ids = tf.identity(task_ids)
+            x = tf.debugging.assert_all_finite(
+                x, "inputs must be finite (float32 pixels in [0, 1])"
+            )
+        return self({"x": x, "task": task_ids}, training=False)
 
     def call(self, inputs, training=False):
         x, task_ids = self.unpack_inputs(inputs)
