@@ -10,16 +10,18 @@ from cl_zoo.methods.base import ContinualModel
 from cl_zoo.methods.registry import register
 
 # The SPP paper's MNIST protocol: MLP 784-512-256-10, SGD with learning rate
-# 0.1 decayed by 0.96 (here per epoch), batch 256; one head per task on split
-# MNIST. The number of epochs is not published: 5 per task is ours. SI, MAS,
-# LwF and GEM take it too, so that the paper's table compares like with like.
+# 0.1 decayed by 0.96 (here per epoch), batch 256; one head per task (its
+# tables set "single-head SGD" apart, and SGD-F's BWT of +0.10 on permuted
+# MNIST needs a head per task). The number of epochs is not published: 5 per
+# task is ours. SI, MAS, LwF and GEM take it too, so that the paper's table
+# compares like with like.
 SPP_PROTOCOL = {
     "split_mnist": {
         "head": "multi", "hidden_units": (512, 256), "optimizer": "sgd",
         "lr": 0.1, "lr_decay": 0.96, "batch_size": 256, "epochs": 5,
     },
     "permuted_mnist": {
-        "head": "single", "hidden_units": (512, 256), "optimizer": "sgd",
+        "head": "multi", "hidden_units": (512, 256), "optimizer": "sgd",
         "lr": 0.1, "lr_decay": 0.96, "batch_size": 256, "epochs": 5,
     },
 }
@@ -36,4 +38,9 @@ class SPPModel(ContinualModel):
 
     @classmethod
     def default_config(cls, benchmark):
-        return protocol(benchmark, consolidation="spp")
+        settings = {"consolidation": "spp"}
+        if benchmark == "permuted_mnist":
+            # The best of our sweep (docs/RESULTS.md). The paper's lambda of
+            # 4 is on another importance scale: ours changes nothing there.
+            settings["spp_lambda"] = 100.0
+        return protocol(benchmark, **settings)
