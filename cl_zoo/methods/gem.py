@@ -198,6 +198,19 @@ def project_gradient(grad, memory_grads, margin=0.0, active=None,
     return tf.cond(violated, project, lambda: grad), violated
 
 
+def _check_integer(name, value, minimum):
+    if (
+        not isinstance(value, int | np.integer)
+        or isinstance(value, bool)
+        or value < minimum
+    ):
+        kind = "positive" if minimum == 1 else "non-negative"
+        raise ValueError(
+            f"Expected a {kind} integer for `{name}`. "
+            f"Received: {name}={value!r}"
+        )
+
+
 @register("gem")
 class GEM(ContinualModel):
     """Projects each step's gradient so no old task's memory loss rises.
@@ -225,15 +238,7 @@ class GEM(ContinualModel):
     def __init__(self, *args, memory_size=256, margin=0.5, memory_seed=0,
                  **kwargs):
         super().__init__(*args, **kwargs)
-        if (
-            not isinstance(memory_size, int | np.integer)
-            or isinstance(memory_size, bool)
-            or memory_size < 1
-        ):
-            raise ValueError(
-                "Expected a positive integer for `memory_size`. "
-                f"Received: memory_size={memory_size!r}"
-            )
+        _check_integer("memory_size", memory_size, minimum=1)
         if (
             isinstance(margin, bool)
             or not isinstance(margin, int | float | np.number)
@@ -244,15 +249,7 @@ class GEM(ContinualModel):
                 "Expected a non-negative number for `margin`. "
                 f"Received: margin={margin!r}"
             )
-        if (
-            not isinstance(memory_seed, int | np.integer)
-            or isinstance(memory_seed, bool)
-            or memory_seed < 0
-        ):
-            raise ValueError(
-                "Expected a non-negative integer for `memory_seed`. "
-                f"Received: memory_seed={memory_seed!r}"
-            )
+        _check_integer("memory_seed", memory_seed, minimum=0)
         self.memory_size = int(memory_size)
         self.margin = float(margin)
         self.memory_seed = int(memory_seed)
