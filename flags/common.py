@@ -187,7 +187,9 @@ def define_run_flags():
         "spp_lambda", None,
         "SPP strength lambda in lambda * sum Omega (w - w*)^2, Omega the "
         "label-free entropy importance summed over tasks. The paper sweeps "
-        "0.01-12 and finds 4 best. Default 4.",
+        "0.01-12 and finds 4 best; with this importance's scale 100-300 is "
+        "the useful range on permuted MNIST. Default 4 (100 on "
+        "permuted_mnist).",
     )
     flags.DEFINE_integer(
         "spp_group", None,
