@@ -30,7 +30,6 @@ import tensorflow as tf
 from keras import ops
 
 from cl_zoo.layers.heads import HEAD_MODES, TaskHead
-from cl_zoo.replicas import cross_replica_sum  # noqa: F401  (re-exported)
 
 ARCHITECTURES = ("mlp", "lenet")
 
