@@ -35,6 +35,7 @@ class RunConfig:
     batch_size: int = 128
     lr: float = 1e-3
     optimizer: str = "adam"
+    adam_beta1: float = 0.9
     seed: int = 0
     num_tasks: int | None = None
     head: str = "single"
@@ -71,6 +72,17 @@ class RunConfig:
     # GEM: episodic memory per task and the QP's margin.
     memory_size: int = 256
     gem_margin: float = 0.5
+    # DGM: the generator, its masks and the GAN's losses.
+    generator_units: tuple[int, ...] = (64, 32)
+    generator_capacity: float = 3.0
+    noise_dim: int = 128
+    s_max: float = 1e5
+    mask_lambda: float = 0.01
+    gp_weight: float = 1.0
+    replay_per_class: int = 0
+    reinit_discriminator: bool = True
+    # `--fast`: the method's quick preset (DGM's 15-minute MNIST run).
+    fast: bool = False
     # Training loss over the logits.
     loss: str = "softmax"
     # Learning-rate decay per epoch (1.0: constant) and hidden dropout.
@@ -86,6 +98,7 @@ class RunConfig:
     def to_dict(self):
         out = dataclasses.asdict(self)
         out["hidden_units"] = list(self.hidden_units)
+        out["generator_units"] = list(self.generator_units)
         return out
 
     def to_json(self):
@@ -124,7 +137,7 @@ def _check(config: RunConfig):
 
     for name in ("epochs", "batch_size", "num_cpu_devices",
                  "fisher_samples", "eval_batch_size", "bias_hidden",
-                 "memory_units", "memory_size", "spp_group"):
+                 "memory_units", "memory_size", "spp_group", "noise_dim"):
         value = getattr(config, name)
         if not isinstance(value, int) or value < 1:
             fail(name, value, "a positive integer")
@@ -146,6 +159,25 @@ def _check(config: RunConfig):
         value = getattr(config, name)
         if not (math.isfinite(value) and value > 0):
             fail(name, value, "a positive number")
+    if not 0.0 <= config.adam_beta1 < 1.0:
+        fail("adam_beta1", config.adam_beta1, "a number in [0, 1)")
+    if not config.generator_units or min(config.generator_units) < 1:
+        fail("generator_units", ",".join(map(str, config.generator_units)),
+             "a comma-separated list of positive integers")
+    if not (math.isfinite(config.generator_capacity)
+            and config.generator_capacity >= 1.0):
+        fail("generator_capacity", config.generator_capacity,
+             "a number >= 1 (units allocated per initial unit)")
+    if not (math.isfinite(config.s_max) and config.s_max >= 1.0):
+        fail("s_max", config.s_max, "a number >= 1")
+    for name in ("mask_lambda", "gp_weight"):
+        value = getattr(config, name)
+        if not (math.isfinite(value) and value >= 0):
+            fail(name, value, "a non-negative number")
+    if not isinstance(config.replay_per_class, int) or \
+            config.replay_per_class < 0:
+        fail("replay_per_class", config.replay_per_class,
+             "a non-negative integer (0: the batch size)")
     if not 0.0 < config.lr_decay <= 1.0:
         fail("lr_decay", config.lr_decay, "a number in (0, 1] (1: constant)")
     if not 0.0 <= config.dropout < 1.0:
@@ -199,11 +231,21 @@ def resolve_config(method_cls, benchmark: str, overrides: dict) -> RunConfig:
     Args:
         method_cls: the registered model class of the method.
         benchmark: benchmark name.
-        overrides: values the user set (`None` values are ignored).
+        overrides: values the user set (`None` values are ignored). With
+            `fast=True`, the method's `fast_config` preset comes between its
+            defaults and the user's values.
     """
     values = {}
     values.update(BENCHMARK_DEFAULTS.get(benchmark, {}))
     values.update(method_cls.default_config(benchmark))
+    if overrides.get("fast"):
+        preset = method_cls.fast_config(benchmark)
+        if not preset:
+            raise ConfigError(
+                f"--fast: method {method_cls.method_name} has no quick "
+                "preset; set --epochs and the other settings instead."
+            )
+        values.update(preset)
     for key, value in overrides.items():
         if value is not None:
             values[key] = value
@@ -212,8 +254,9 @@ def resolve_config(method_cls, benchmark: str, overrides: dict) -> RunConfig:
     unknown = set(values) - set(_FIELDS)
     if unknown:
         raise ConfigError(f"Unknown settings: {', '.join(sorted(unknown))}.")
-    if "hidden_units" in values:
-        values["hidden_units"] = tuple(int(u) for u in values["hidden_units"])
+    for key in ("hidden_units", "generator_units"):
+        if key in values:
+            values[key] = tuple(int(u) for u in values[key])
     config = RunConfig(**values)
     _check(config)
     return config

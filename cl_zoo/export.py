@@ -142,7 +142,8 @@ def export_all_tasks(model, path):
 
 
 def export_all(model, export_dir):
-    """Writes `export_dir/task_<t>/` for every task and `all_tasks/`.
+    """Writes `export_dir/task_<t>/` for every task and `all_tasks/`
+    (and what the method's `export_extras` adds, e.g. DGM's `generator/`).
 
     Each SavedModel is written to a temporary directory and renamed into
     place, so a killed export never leaves a half-written one under its
@@ -156,3 +157,7 @@ def export_all(model, export_dir):
     for task in range(model.num_tasks):
         export_task(model, task, os.path.join(export_dir, f"task_{task}"))
     export_all_tasks(model, os.path.join(export_dir, "all_tasks"))
+    if hasattr(model, "export_extras"):
+        # More SavedModels of the method (DGM's generator), written the same
+        # way.
+        model.export_extras(export_dir, _save_atomically)

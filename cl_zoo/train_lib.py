@@ -160,7 +160,7 @@ def make_optimizer(config: RunConfig):
     if config.optimizer == "momentum":
         return keras.optimizers.SGD(config.lr, momentum=0.9)
     if config.optimizer == "adam":
-        return keras.optimizers.Adam(config.lr)
+        return keras.optimizers.Adam(config.lr, beta_1=config.adam_beta1)
     return keras.optimizers.RMSprop(config.lr)
 
 
@@ -238,6 +238,9 @@ class RunCheckpoint:
                 consolidation.state_variables() if consolidation else []
             ),
             "method_state": model.method_state.variables,
+            "extra_optimizers": [
+                v for opt in model.extra_optimizers() for v in opt.variables
+            ],
         }
         self.checkpoint = tf.train.Checkpoint(
             **{k: [v.value for v in vs] for k, vs in groups.items()}
@@ -485,6 +488,10 @@ class ContinualRun:
                 tf.summary.scalar(f"test_accuracy/task_{j}", acc, step=step)
             tf.summary.scalar("test_accuracy/mean_seen", seen, step=step)
             self._log_importances(step)
+            if hasattr(self.model, "log_task_summaries"):
+                self.model.log_task_summaries(
+                    task, step, self.config.model_dir
+                )
             image = plots.accuracy_matrix_png(
                 self.matrix, self.benchmark.num_tasks, title=self._title()
             )
@@ -563,6 +570,7 @@ class ContinualRun:
                 ),
                 "head": model.head_mode,
                 "eval_examples_per_task": config.eval_examples or "all",
+                **model.extra_results(self.matrix, self.benchmark),
             },
             "config": config.to_dict(),
         }

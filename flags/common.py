@@ -28,6 +28,9 @@ CONFIG_FLAGS = (
     "spp_lambda", "spp_group", "si_lambda", "si_damping", "mas_lambda",
     "lwf_lambda",
     "lwf_temperature", "memory_size", "gem_margin", "lr_decay", "dropout",
+    "adam_beta1", "generator_units", "generator_capacity", "noise_dim",
+    "s_max", "mask_lambda", "gp_weight", "replay_per_class",
+    "reinit_discriminator", "fast",
     "eval_batch_size", "eval_examples", "export", "verbose",
     "overwrite", "model_dir",
 )
@@ -223,6 +226,53 @@ def define_run_flags():
     )
     flags.DEFINE_float("dropout", None, "Dropout rate after every hidden "
                        "layer during training. Default 0.")
+    flags.DEFINE_float("adam_beta1", None, "Adam's beta_1. Default 0.9 "
+                       "(0.5 for dgm, the GAN setting).")
+    flags.DEFINE_list(
+        "generator_units", None,
+        "DGM: initial units (channels) of the generator's masked layers, "
+        "from the projection to the last hidden layer; the image side must "
+        "divide by 2**len. Growth keeps this much free capacity after every "
+        "task. Default 64,32.",
+    )
+    flags.DEFINE_float(
+        "generator_capacity", None,
+        "DGM: units allocated per masked layer, as a multiple of its "
+        "initial units: the room growth has. A full layer stops growing "
+        "(with a warning). Default 3.",
+    )
+    flags.DEFINE_integer("noise_dim", None, "DGM: size of the generator's "
+                         "noise z. Default 128.")
+    flags.DEFINE_float(
+        "s_max", None,
+        "DGM: final scale of the mask gates sigmoid(s * e); s is annealed "
+        "linearly over each task's steps from 1/s_max. Default 1e5 (the "
+        "authors' MNIST setting).",
+    )
+    flags.DEFINE_float(
+        "mask_lambda", None,
+        "DGM: weight lambda_G of the mask sparsity regularizer (itself "
+        "weighted by network size / free units). Default 0.01.",
+    )
+    flags.DEFINE_float("gp_weight", None, "DGM: weight of the WGAN-GP "
+                       "gradient penalty. Default 1 (the authors').")
+    flags.DEFINE_integer(
+        "replay_per_class", None,
+        "DGM: generated examples of every earlier class per training step "
+        "for the classifier (over all replicas). 0: as many as the batch "
+        "size, the authors' balance. Default 0 (16 with --fast).",
+    )
+    flags.DEFINE_boolean(
+        "reinit_discriminator", None,
+        "DGM: draw the discriminator (critic and classifier) afresh for "
+        "each task, as the authors do on MNIST and SVHN. Default true.",
+    )
+    flags.DEFINE_boolean(
+        "fast", False,
+        "Use the method's quick preset (dgm: 2 epochs per task and 16 "
+        "replayed examples per class, about 15 minutes on class-incremental "
+        "MNIST with 2 CPU cores). Flags you set still win.",
+    )
     flags.DEFINE_integer("eval_batch_size", None, "Evaluation batch size. "
                          "Default 1000.")
     flags.DEFINE_integer(
@@ -244,12 +294,12 @@ def config_overrides(flag_values):
     out = {}
     for name in CONFIG_FLAGS:
         value = flag_values[name].value
-        if name == "hidden_units" and value is not None:
+        if name in ("hidden_units", "generator_units") and value is not None:
             try:
                 value = tuple(int(u) for u in value)
             except ValueError:
                 raise ConfigError(
-                    f"--hidden_units={','.join(value)} is not allowed: "
+                    f"--{name}={','.join(value)} is not allowed: "
                     "expected a comma-separated list of positive integers."
                 ) from None
         out[name] = value

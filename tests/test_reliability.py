@@ -24,7 +24,7 @@ from trainers import train
 # Not os.path.realpath: under Bazel the runfiles tree is the repository.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# gem has its own replica test; dgm is not implemented yet.
+# gem and dgm have their own replica tests (test_gem.py, test_dgm.py).
 OWN_REPLICA_TESTS = ("gem", "dgm")
 REPLICA_METHODS = tuple(
     n for n in method_names() if n not in OWN_REPLICA_TESTS

@@ -3,6 +3,7 @@
 from cl_zoo.methods import (  # noqa: F401  (imported to register)
     amn,
     bpn,
+    dgm,
     ewc,
     finetune,
     gem,

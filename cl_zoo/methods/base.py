@@ -134,6 +134,12 @@ class ContinualModel(keras.Model):
         return {}
 
     @classmethod
+    def fast_config(cls, benchmark):
+        """`--fast`: settings of a quick run (empty: the method has none)."""
+        del benchmark
+        return {}
+
+    @classmethod
     def from_run_config(cls, config, benchmark):
         """Builds the model a run of `config` trains on `benchmark`."""
         from cl_zoo.consolidation.registry import make_consolidation
@@ -466,6 +472,16 @@ class ContinualModel(keras.Model):
         by_id = {id(v): g for g, v in zip(grads, variables)}
         for rule in self.gradient_rules:
             rule.apply([by_id[id(v)] for v in rule.variables])
+
+    def extra_optimizers(self):
+        """Optimizers besides `self.optimizer` and the rules' (DGM's
+        generator optimizer); the run's checkpoints hold their state."""
+        return []
+
+    def extra_results(self, matrix, benchmark):
+        """Method-specific figures for results.json's `extra` (DGM's a5)."""
+        del matrix, benchmark
+        return {}
 
     def optimizer_variables(self):
         """Trainable variables the main optimizer updates."""

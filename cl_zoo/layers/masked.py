@@ -1,0 +1,413 @@
+"""Layers whose units are gated per task by learned binary masks (HAT / DGM).
+
+`MaskedDense` and `MaskedConv2DTranspose` (the layers of DGM's generator)
+multiply their output units by a per-task gate:
+
+- while task t trains, the gate is `sigmoid(s * e_t)` with `e_t` the task's
+  trainable mask embedding (initialised at 0, gate 0.5) and `s` annealed by
+  the model from `1 / s_max` to `s_max`;
+- when task t ends (`finish_task`), its gate is binarised (`e_t > 0`) and
+  stored; inference and replay of task t use the stored binary mask, so a
+  task's output depends only on the units it reserved;
+- the cumulative mask (every unit some finished task reserved) blocks weight
+  gradients: `gradient_multipliers` returns, per weight, `1 - min(cum_out,
+  cum_in)` (HAT, Serra et al. 2018: a weight is frozen when both the unit it
+  feeds and the unit it reads are reserved; a weight from a free unit may
+  change, since no old task reads that unit), and the HAT compensation for
+  the embeddings' gradient.
+
+Growth. A layer is allocated `capacity` units up front and uses the first
+`active` of them; units past `active` have gate 0 for every task (they take
+no part in any output and get no gradient). `grow(n)` makes n more units
+active: they start from their initial weights and old tasks' gates on them
+are 0, so old tasks' outputs are unchanged bit for bit (their computation
+has the same shape before and after; the new units add exact zeros). DGM
+grows each layer after every task by the number of units the task newly
+reserved, so that the free capacity stays what it was at the start. Exports
+and `per_task_bytes` count active units only; the compute cost is that of
+the capacity.
+
+An unmasked variant (`masked=False`) is the generator's output layer: its
+units are always in use (so its weights from reserved input units are
+frozen) and its bias is one row per task.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+EMBEDDING_LIMIT = 6.0  # HAT's clamp of the embeddings (thres_emb).
+COSH_LIMIT = 50.0  # HAT's clamp inside the compensation's cosh (thres_cosh).
+
+
+@keras.saving.register_keras_serializable(package="cl_zoo")
+class ClipValue(keras.constraints.Constraint):
+    """Clips a variable to `[-limit, limit]` after every optimizer step."""
+
+    def __init__(self, limit):
+        self.limit = float(limit)
+
+    def __call__(self, w):
+        return ops.clip(w, -self.limit, self.limit)
+
+    def get_config(self):
+        return {"limit": self.limit}
+
+
+def _check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"Expected a positive integer for `{name}`. "
+            f"Received: {name}={value!r}"
+        )
+    return value
+
+
+class _MaskedLayer(keras.layers.Layer):
+    """Per-task unit gates, cumulative masks and growth; see module doc.
+
+    Args:
+        units: units in use at the start (the free capacity kept by DGM's
+            growth).
+        num_tasks: number of tasks (rows of the embedding and mask tables).
+        capacity: units allocated, `>= units` (default: `units`, no growth).
+        masked: whether the units are gated per task (False: the output
+            layer, units always in use, one bias row per task).
+        activation: applied before the gate.
+        kernel_initializer: of the kernel.
+    """
+
+    def __init__(
+        self,
+        units,
+        num_tasks,
+        capacity=None,
+        masked=True,
+        activation=None,
+        kernel_initializer="glorot_uniform",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.units = _check_positive_int("units", units)
+        self.num_tasks = _check_positive_int("num_tasks", num_tasks)
+        capacity = units if capacity is None else capacity
+        self.capacity = _check_positive_int("capacity", capacity)
+        if self.capacity < self.units:
+            raise ValueError(
+                f"Expected capacity >= units. Received: capacity={capacity}, "
+                f"units={units}"
+            )
+        if not masked and self.capacity != self.units:
+            raise ValueError("An unmasked layer cannot grow: capacity=units.")
+        self.masked = bool(masked)
+        self.activation = keras.activations.get(activation)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+    # Subclasses: the kernel's shape and the op.
+    def kernel_shape(self, in_units):
+        raise NotImplementedError
+
+    def kernel_gate(self, out_free, in_free):
+        """`(1 - cum)` of the output and input units -> kernel multiplier."""
+        raise NotImplementedError
+
+    def linear(self, x):
+        raise NotImplementedError
+
+    def build(self, input_shape):
+        in_units = int(input_shape[-1])
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=self.kernel_shape(in_units),
+            initializer=self.kernel_initializer,
+        )
+        if self.masked:
+            self.bias = self.add_weight(
+                name="bias", shape=(self.capacity,), initializer="zeros"
+            )
+            self.embedding = self.add_weight(
+                name="embedding",
+                shape=(self.num_tasks, self.capacity),
+                initializer="zeros",
+                constraint=ClipValue(EMBEDDING_LIMIT),
+            )
+            self.masks = self.add_weight(
+                name="masks",
+                shape=(self.num_tasks, self.capacity),
+                initializer="zeros",
+                trainable=False,
+            )
+            self.cumulative = self.add_weight(
+                name="cumulative",
+                shape=(self.capacity,),
+                initializer="zeros",
+                trainable=False,
+            )
+            self.active = self.add_weight(
+                name="active",
+                shape=(),
+                dtype="int32",
+                initializer=keras.initializers.Constant(self.units),
+                trainable=False,
+            )
+            # Units in use while each task trained (for the counts of
+            # DGM's Fig. 6 and for storage).
+            self.sizes = self.add_weight(
+                name="sizes",
+                shape=(self.num_tasks,),
+                dtype="int32",
+                initializer="zeros",
+                trainable=False,
+            )
+        else:
+            self.bias = self.add_weight(
+                name="bias",
+                shape=(self.num_tasks, self.capacity),
+                initializer="zeros",
+            )
+
+    # ------------------------------------------------------------------
+    # Gates.
+    def units_on(self):
+        """1.0 for the active units, 0.0 for the allocated spare ones."""
+        return ops.cast(
+            ops.arange(self.capacity) < ops.cast(self.active, "int32"),
+            "float32",
+        )
+
+    def soft_gate(self, task, s):
+        """`sigmoid(s * e_task)` on the active units, 0 elsewhere."""
+        e = ops.take(self.embedding, task, axis=0)
+        return ops.sigmoid(s * e) * self.units_on()
+
+    def gates(self, task_ids, current_task=-1, s=1.0):
+        """Per-example gates `(batch, capacity)`.
+
+        Examples of `current_task` get the soft gate at scale `s`, every
+        other example its task's stored binary mask (`current_task=-1`: all
+        stored masks, inference).
+        """
+        hard = ops.take(self.masks, task_ids, axis=0)
+        if isinstance(current_task, int) and current_task < 0:
+            return hard
+        current = ops.cast(current_task, "int32")
+        soft = self.soft_gate(ops.maximum(current, 0), s)
+        is_current = ops.equal(task_ids, current)[:, None]
+        return ops.where(is_current, soft[None, :], hard)
+
+    def call(self, x, task_ids, current_task=-1, s=1.0):
+        task_ids = ops.cast(task_ids, "int32")
+        y = self.linear(x)
+        spatial = (1,) * (len(y.shape) - 2)
+        if self.masked:
+            y = y + self.bias
+        else:
+            bias = ops.take(self.bias, task_ids, axis=0)
+            y = y + ops.reshape(bias, (-1, *spatial, self.capacity))
+        if self.activation is not None:
+            y = self.activation(y)
+        if not self.masked:
+            return y
+        gate = self.gates(task_ids, current_task, s)
+        return y * ops.reshape(gate, (-1, *spatial, self.capacity))
+
+    # ------------------------------------------------------------------
+    # Training rules.
+    def gradient_multipliers(self, in_cumulative, s, s_max):
+        """`{id(variable): multiplier}` for this layer's trainable weights.
+
+        Args:
+            in_cumulative: cumulative mask of the input units (`None`: the
+                inputs are not masked, i.e. always in use).
+            s: the current gate scale; s_max: its final value.
+        """
+        out_free = (
+            1.0 - self.cumulative if self.masked
+            else ops.zeros((self.capacity,))
+        )
+        in_units = self.kernel.shape[self.in_axis]
+        in_free = (
+            ops.zeros((in_units,)) if in_cumulative is None
+            else 1.0 - in_cumulative
+        )
+        rules = {id(self.kernel): self.kernel_gate(out_free, in_free)}
+        if self.masked:
+            rules[id(self.bias)] = out_free
+            # HAT: undo the 1/s flattening of the sigmoid's slope, so the
+            # embeddings learn at s_max's rate whatever s is.
+            e = self.embedding
+            num = ops.cosh(ops.clip(s * e, -COSH_LIMIT, COSH_LIMIT)) + 1.0
+            den = ops.cosh(e) + 1.0
+            rules[id(self.embedding)] = (s_max / s) * num / den
+        return rules
+
+    def sparsity_terms(self, task, s):
+        """(sum of gate * free, sum of free) over the active units.
+
+        DGM's regularizer is the ratio of the sums over all layers: the share
+        of the free units the task is taking.
+        """
+        free = (1.0 - self.cumulative) * self.units_on()
+        gate = self.soft_gate(task, s)
+        return ops.sum(gate * free), ops.sum(free)
+
+    # ------------------------------------------------------------------
+    # Between tasks (eager).
+    def start_task(self, task):
+        """Records the units in use while `task` trains."""
+        if self.masked:
+            self.sizes.assign(
+                ops.scatter_update(
+                    self.sizes, [[int(task)]], [int(self.active.numpy())]
+                )
+            )
+
+    def finish_task(self, task):
+        """Binarises the task's gate; returns units it newly reserved."""
+        if not self.masked:
+            return 0
+        task = int(task)
+        mask = ops.cast(self.embedding[task] > 0, "float32") * self.units_on()
+        newly = int(ops.sum(mask * (1.0 - self.cumulative)))
+        self.masks.assign(ops.scatter_update(self.masks, [[task]], mask[None]))
+        self.cumulative.assign(ops.maximum(self.cumulative, mask))
+        return newly
+
+    def grow(self, n):
+        """Activates up to `n` more units; returns how many it activated."""
+        if not self.masked:
+            return 0
+        active = int(self.active.numpy())
+        granted = max(0, min(int(n), self.capacity - active))
+        self.active.assign(active + granted)
+        return granted
+
+    def unit_counts(self, task):
+        """`{"free", "reused", "new", "size"}` units of `task` (finished).
+
+        free: units in use but reserved by no earlier task when `task`
+        started; reused / new: units the task's mask kept that earlier tasks
+        had / had not reserved; size: units in use while it trained.
+        """
+        if not self.masked:
+            return None
+        masks = self.masks.numpy()
+        task = int(task)
+        prev = masks[:task].max(axis=0) if task else masks[0] * 0
+        size = int(self.sizes.numpy()[task])
+        mask = masks[task]
+        return {
+            "size": size,
+            "free": int(size - prev[:size].sum()),
+            "reused": int((mask * prev).sum()),
+            "new": int((mask * (1 - prev)).sum()),
+        }
+
+    def per_task_bytes(self):
+        """One float32 mask value per active unit (masked) or a bias row."""
+        if self.masked:
+            return 4 * int(self.active.numpy())
+        return 4 * self.capacity
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "units": self.units,
+            "num_tasks": self.num_tasks,
+            "capacity": self.capacity,
+            "masked": self.masked,
+            "activation": keras.activations.serialize(self.activation)
+            if self.activation is not None else None,
+            "kernel_initializer": keras.initializers.serialize(
+                self.kernel_initializer
+            ),
+        }
+
+
+@keras.saving.register_keras_serializable(package="cl_zoo")
+class MaskedDense(_MaskedLayer):
+    """A dense layer with per-task unit gates (see `_MaskedLayer`)."""
+
+    in_axis = 0
+
+    def kernel_shape(self, in_units):
+        return (in_units, self.capacity)
+
+    def kernel_gate(self, out_free, in_free):
+        # 1 - min(cum_out, cum_in) = max(free_out, free_in).
+        return ops.maximum(out_free[None, :], in_free[:, None])
+
+    def linear(self, x):
+        return ops.matmul(x, self.kernel)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.capacity)
+
+
+@keras.saving.register_keras_serializable(package="cl_zoo")
+class MaskedConv2DTranspose(_MaskedLayer):
+    """A transposed 2-D convolution with per-task channel gates.
+
+    Args:
+        kernel_size: int, square kernel.
+        strides: int.
+        padding: `"same"` or `"valid"`.
+        (and the arguments of `_MaskedLayer`; units are output channels.)
+    """
+
+    in_axis = 3
+
+    def __init__(self, units, num_tasks, kernel_size=4, strides=2,
+                 padding="same", **kwargs):
+        super().__init__(units, num_tasks, **kwargs)
+        self.kernel_size = _check_positive_int("kernel_size", kernel_size)
+        self.strides = _check_positive_int("strides", strides)
+        if padding not in ("same", "valid"):
+            raise ValueError(
+                "Expected `padding` in ('same', 'valid'). "
+                f"Received: padding={padding!r}"
+            )
+        self.padding = padding
+
+    def kernel_shape(self, in_units):
+        k = self.kernel_size
+        return (k, k, self.capacity, in_units)
+
+    def kernel_gate(self, out_free, in_free):
+        gate = ops.maximum(out_free[:, None], in_free[None, :])
+        return ops.broadcast_to(gate[None, None], self.kernel.shape)
+
+    def _output_size(self, size):
+        if self.padding == "same":
+            return size * self.strides
+        return (size - 1) * self.strides + self.kernel_size
+
+    def linear(self, x):
+        shape = tf.shape(x)
+        out = tf.stack([
+            shape[0],
+            self._output_size(shape[1]),
+            self._output_size(shape[2]),
+            self.capacity,
+        ])
+        y = tf.nn.conv2d_transpose(
+            x, self.kernel, out, self.strides, padding=self.padding.upper()
+        )
+        return tf.ensure_shape(y, self.compute_output_shape(x.shape))
+
+    def compute_output_shape(self, input_shape):
+        def size(n):
+            return None if n is None else self._output_size(n)
+
+        return (input_shape[0], size(input_shape[1]), size(input_shape[2]),
+                self.capacity)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+            "padding": self.padding,
+        }

@@ -1,0 +1,733 @@
+"""DGM: Dynamic Generative Memory (Ostapenko et al., 2019), DGMa variant.
+
+A class-incremental learner with no stored data: an AC-GAN whose generator
+remembers every class seen so far.
+
+- The **generator** `G(class, z)` is a DCGAN made of `MaskedConv2DTranspose`
+  layers: each task learns a binary mask over the generator's units (HAT's
+  annealed sigmoid gates), weights of reserved units are frozen, and every
+  layer grows after each task by the units the task newly reserved, so the
+  free capacity stays constant (`cl_zoo.layers.masked`).
+- The **discriminator** is the model's backbone (conv/conv/dense) with two
+  heads: a WGAN-GP critic and the auxiliary classifier over all classes.
+  The classifier learns from real data of the current task and from
+  generated data of every earlier class (as many per class as the current
+  task brings), and it is what the model predicts with: a single head over
+  the classes seen so far (task ids are ignored). On MNIST and SVHN the
+  authors re-initialise the discriminator for every task; so do we.
+- Both optimizers (Adam, beta_1 0.5) and the alternating critic and generator
+  steps live in `train_step`, so `model.fit` trains the GAN.
+
+Distribution: every loss is a per-replica mean divided by the replica count
+(the optimizers sum over replicas), the gradient gates are linear (they may
+act before the all-reduce), and the noise of each step is drawn for the
+global batch from a stateless seed (seed, step) and sliced per replica, so
+one and two replicas take the same steps.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+from keras import ops
+
+from cl_zoo.layers.masked import MaskedConv2DTranspose
+from cl_zoo.methods.base import ContinualModel
+from cl_zoo.methods.registry import register
+
+_MASKED_LOGIT = -1e9
+
+
+@keras.saving.register_keras_serializable(package="cl_zoo")
+class DGMGenerator(keras.layers.Layer):
+    """The conditional generator: (class, noise) -> image.
+
+    A projection of `[z, one_hot(class)]` to `H/2^k x W/2^k x units[0]` by a
+    transposed convolution (the authors replace DCGAN's dense projection by
+    a convolution), then one stride-2 transposed convolution per further
+    entry of `units`, then a stride-2 transposed convolution to the image's
+    channels with a sigmoid. Every layer but the last is masked per task.
+
+    Args:
+        image_shape: `(H, W, C)`; H and W divisible by `2 ** len(units)`.
+        num_classes: classes the generator is conditioned on.
+        num_tasks: tasks (mask rows).
+        units: initial units (free capacity) of the masked layers.
+        capacity: units allocated per masked layer, as a multiple of its
+            initial units (room to grow).
+        noise_dim: size of z.
+    """
+
+    def __init__(self, image_shape, num_classes, num_tasks, units=(64, 32),
+                 capacity=3.0, noise_dim=128, **kwargs):
+        super().__init__(**kwargs)
+        self.image_shape = tuple(int(d) for d in image_shape)
+        self.num_classes = int(num_classes)
+        self.num_tasks = int(num_tasks)
+        self.units = tuple(int(u) for u in units)
+        self.capacity = float(capacity)
+        self.noise_dim = int(noise_dim)
+        if len(self.image_shape) != 3:
+            raise ValueError(
+                "DGM generates images: expected image_shape (H, W, C). "
+                f"Received: image_shape={image_shape!r}"
+            )
+        if not self.units or min(self.units) < 1:
+            raise ValueError(
+                f"Expected positive generator units. Received: units={units!r}"
+            )
+        if not self.capacity >= 1.0:
+            raise ValueError(
+                "Expected capacity >= 1 (a multiple of the initial units). "
+                f"Received: capacity={capacity!r}"
+            )
+        scale = 2 ** len(self.units)
+        height, width, channels = self.image_shape
+        if height % scale or width % scale or height != width:
+            raise ValueError(
+                f"DGM's generator needs square images whose side divides by "
+                f"{scale} (2 ** number of generator layers); received image "
+                f"shape {self.image_shape}"
+            )
+        self.masked_layers = []
+        for i, n in enumerate(self.units):
+            first = i == 0
+            self.masked_layers.append(MaskedConv2DTranspose(
+                n,
+                self.num_tasks,
+                kernel_size=height // scale if first else 4,
+                strides=1 if first else 2,
+                padding="valid" if first else "same",
+                capacity=int(math.ceil(n * self.capacity)),
+                activation="relu",
+                name="project" if first else f"up_{i}",
+            ))
+        self.output_layer = MaskedConv2DTranspose(
+            channels, self.num_tasks, kernel_size=4, strides=2,
+            padding="same", masked=False, activation="sigmoid", name="image",
+        )
+
+    @property
+    def layers_in_order(self):
+        return [*self.masked_layers, self.output_layer]
+
+    def build(self, input_shape=None):
+        shape = (None, 1, 1, self.noise_dim + self.num_classes)
+        for layer in self.layers_in_order:
+            layer.build(shape)
+            shape = layer.compute_output_shape(shape)
+
+    def call(self, labels, noise, task_ids, current_task=-1, s=1.0):
+        labels = ops.cast(labels, "int32")
+        h = ops.concatenate(
+            [noise, ops.one_hot(labels, self.num_classes, dtype=noise.dtype)],
+            axis=-1,
+        )
+        h = ops.reshape(h, (-1, 1, 1, self.noise_dim + self.num_classes))
+        for layer in self.masked_layers:
+            h = layer(h, task_ids, current_task=current_task, s=s)
+        return self.output_layer(h, task_ids)
+
+    def gradient_multipliers(self, s, s_max):
+        rules, previous = {}, None
+        for layer in self.layers_in_order:
+            rules.update(layer.gradient_multipliers(previous, s, s_max))
+            previous = getattr(layer, "cumulative", None)
+        return rules
+
+    def sparsity(self, task, s):
+        """Share of the free units the task's gates take (DGM's R_t)."""
+        taken, free = 0.0, 0.0
+        for layer in self.masked_layers:
+            a, b = layer.sparsity_terms(task, s)
+            taken, free = taken + a, free + b
+        return taken / ops.maximum(free, 1.0)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "image_shape": list(self.image_shape),
+            "num_classes": self.num_classes,
+            "num_tasks": self.num_tasks,
+            "units": list(self.units),
+            "capacity": self.capacity,
+            "noise_dim": self.noise_dim,
+        }
+
+
+@register("dgm")
+class DGM(ContinualModel):
+    """Dynamic Generative Memory: see the module docstring.
+
+    Args:
+        generator_units: initial units of the generator's masked layers.
+        generator_capacity: units allocated per masked layer, as a multiple
+            of its initial units; growth past it is refused with a warning
+            (the free capacity then shrinks).
+        noise_dim: size of the generator's noise.
+        s_max: final scale of the mask gates.
+        mask_lambda: weight of the sparsity regularizer (lambda_G).
+        gp_weight: weight of the WGAN-GP gradient penalty.
+        replay_per_class: generated examples per earlier class and step
+            (0: the batch size, the authors' balance).
+        reinit_discriminator: draw the discriminator afresh for each task.
+        seed: seed of the noise and of the discriminator's re-draws.
+    """
+
+    @classmethod
+    def default_config(cls, benchmark):
+        del benchmark
+        return {
+            "optimizer": "adam",
+            "lr": 2e-3,
+            "adam_beta1": 0.5,
+            "batch_size": 64,
+            "epochs": 10,
+            "head": "single",
+            "hidden_units": (256,),
+            "activation": "leaky_relu",
+        }
+
+    @classmethod
+    def fast_config(cls, benchmark):
+        """`--fast`: fewer epochs and a lighter replay (15 min on MNIST)."""
+        del benchmark
+        return {"epochs": 2, "replay_per_class": 16}
+
+    @classmethod
+    def init_args_from_config(cls, config):
+        return {
+            "generator_units": config.generator_units,
+            "generator_capacity": config.generator_capacity,
+            "noise_dim": config.noise_dim,
+            "s_max": config.s_max,
+            "mask_lambda": config.mask_lambda,
+            "gp_weight": config.gp_weight,
+            "replay_per_class": config.replay_per_class,
+            "reinit_discriminator": config.reinit_discriminator,
+            "seed": config.seed,
+            "epochs_per_task": config.epochs,
+        }
+
+    def __init__(
+        self,
+        *args,
+        generator_units=(64, 32),
+        generator_capacity=3.0,
+        noise_dim=128,
+        s_max=1e5,
+        mask_lambda=0.01,
+        gp_weight=1.0,
+        replay_per_class=0,
+        reinit_discriminator=True,
+        seed=0,
+        epochs_per_task=1,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        if self.head_mode != "single":
+            raise ValueError(
+                "DGM is class-incremental: it needs one head over all "
+                f"classes (head='single'). Received: head={self.head_mode!r}"
+            )
+        if len(self.example_shape) != 3:
+            raise ValueError(
+                "DGM needs image inputs of shape (H, W, C). Received: "
+                f"input_shape={self.example_shape}"
+            )
+        for name, value in (("s_max", s_max), ("noise_dim", noise_dim)):
+            if not value >= 1:
+                raise ValueError(
+                    f"Expected `{name}` >= 1. Received: {name}={value!r}"
+                )
+        for name, value in (("mask_lambda", mask_lambda),
+                            ("gp_weight", gp_weight),
+                            ("replay_per_class", replay_per_class)):
+            if not value >= 0:
+                raise ValueError(
+                    f"Expected a non-negative `{name}`. "
+                    f"Received: {name}={value!r}"
+                )
+        self.generator_units = tuple(int(u) for u in generator_units)
+        self.generator_capacity = float(generator_capacity)
+        self.noise_dim = int(noise_dim)
+        self.s_max = float(s_max)
+        self.mask_lambda = float(mask_lambda)
+        self.gp_weight = float(gp_weight)
+        self.replay_per_class = int(replay_per_class)
+        self.reinit_discriminator = bool(reinit_discriminator)
+        self.seed = int(seed)
+        # For the annealing of s over the task's steps.
+        self.epochs_per_task = int(epochs_per_task)
+
+        self.generator = DGMGenerator(
+            self.example_shape, self.num_classes, self.num_tasks,
+            units=self.generator_units, capacity=self.generator_capacity,
+            noise_dim=self.noise_dim, name="generator",
+        )
+        self.critic = keras.layers.Dense(1, name="critic")
+        # Task of each class (-1: in no task), a constant of the graph.
+        class_task = np.full(self.num_classes, -1, np.int32)
+        for t, classes in enumerate(self.task_classes):
+            class_task[classes] = t
+        self._class_task = class_task
+        # 1.0 for the classes of the tasks begun so far: the classifier's
+        # output space.
+        self.seen = keras.Variable(
+            np.zeros(self.num_classes, np.float32), trainable=False,
+            name="seen_classes",
+        )
+        # The optimizer step at which the task began, and the task's steps:
+        # the gate scale s is annealed over them.
+        self.task_start = keras.Variable(
+            0, dtype="int64", trainable=False, name="task_start"
+        )
+        self.anneal_steps = keras.Variable(
+            1.0, trainable=False, name="anneal_steps"
+        )
+        # Weight of the sparsity term: network size / free units.
+        self.reg_weight = keras.Variable(
+            1.0, trainable=False, name="reg_weight"
+        )
+        self.generator_optimizer = None
+        self._trackers = {
+            name: keras.metrics.Mean(name=name)
+            for name in ("d_loss", "g_loss", "wasserstein", "gp",
+                         "class_loss", "mask_reg", "accuracy", "s")
+        }
+        self.growth_log = []
+
+    # ------------------------------------------------------------------
+    # Construction.
+    def make_feature_layers(self):
+        """The discriminator's convolutions (DCGAN, leaky ReLU)."""
+        return [
+            keras.layers.Conv2D(64, 4, strides=2, padding="same",
+                                activation="leaky_relu", name="conv1"),
+            keras.layers.Conv2D(128, 4, strides=2, padding="same",
+                                activation="leaky_relu", name="conv2"),
+            keras.layers.Flatten(name="flatten"),
+        ]
+
+    def build(self, input_shape=None):
+        # The discriminator's layers, both heads and the generator (Keras
+        # would otherwise build only what `call` reaches).
+        del input_shape
+        h = self.features(ops.zeros((1, *self.example_shape)),
+                          ops.zeros((1,), "int32"))
+        self.classify(h)
+        self.critic(h)
+        self.generator.build()
+        self.built = True
+
+    def compile(self, optimizer="adam", **kwargs):
+        super().compile(optimizer=optimizer, **kwargs)
+        # The generator's optimizer: the same kind and settings.
+        self.generator_optimizer = self.optimizer.__class__.from_config(
+            self.optimizer.get_config()
+        )
+
+    def discriminator_variables(self):
+        layers = [*self.feature_layers, *self.hidden_layers, self.head,
+                  self.critic]
+        return [v for layer in layers for v in layer.trainable_variables]
+
+    def generator_variables(self):
+        return list(self.generator.trainable_variables)
+
+    def optimizer_variables(self):
+        return self.discriminator_variables()
+
+    def extra_optimizers(self):
+        return [self.generator_optimizer] if self.generator_optimizer else []
+
+    def build_optimizers(self):
+        super().build_optimizers()
+        self.generator_optimizer.build(self.generator_variables())
+
+    def inference_variables(self):
+        """The classifier: the discriminator's body and class head."""
+        layers = [*self.feature_layers, *self.hidden_layers, self.head]
+        return [v for layer in layers for v in layer.variables] + [self.seen]
+
+    # ------------------------------------------------------------------
+    # Forward pass.
+    def classify(self, h):
+        logits = self.head(h, ops.zeros((ops.shape(h)[0],), "int32"))
+        return ops.where(self.seen[None, :] > 0, logits, _MASKED_LOGIT)
+
+    def call(self, inputs, training=False):
+        x, task_ids = self.unpack_inputs(inputs)
+        return self.classify(self.features(x, task_ids, training))
+
+    def generate(self, labels, noise, current_task=-1, s=None):
+        """Images of classes `labels`, each with its task's mask."""
+        labels = ops.cast(labels, "int32")
+        task_ids = ops.take(ops.convert_to_tensor(self._class_task), labels)
+        return self.generator(
+            labels, noise, task_ids, current_task=current_task,
+            s=self.s_max if s is None else s,
+        )
+
+    # ------------------------------------------------------------------
+    # Training.
+    @property
+    def metrics(self):
+        return list(self._trackers.values())
+
+    def gate_scale(self):
+        """s, linear in the task's steps from 1/s_max to s_max."""
+        step = ops.cast(self.optimizer.iterations - self.task_start, "float32")
+        progress = ops.minimum(step / ops.maximum(self.anneal_steps - 1, 1),
+                               1.0)
+        low = 1.0 / self.s_max
+        return low + (self.s_max - low) * progress
+
+    def _noise(self, local_n, dim, salt, kind="normal"):
+        """Noise for this replica's share of a global draw.
+
+        The global draw depends on (seed, salt, step) only, so the steps of
+        one replica and of several are the same.
+        """
+        ctx = tf.distribute.get_replica_context()
+        replicas = ctx.num_replicas_in_sync if ctx else 1
+        rid = ctx.replica_id_in_sync_group if ctx else 0
+        seed = tf.stack([
+            tf.constant(self.seed * 1009 + salt, tf.int64),
+            ops.cast(self.optimizer.iterations, "int64"),
+        ])
+        shape = tf.stack([local_n * replicas, dim])
+        if kind == "normal":
+            draw = tf.random.stateless_normal(shape, seed)
+        else:
+            draw = tf.random.stateless_uniform(shape, seed)
+        start = ops.cast(rid, "int32") * local_n
+        return draw[start:start + local_n]
+
+    def _replay_labels(self, local_batch):
+        """Labels of this replica's share of the replayed examples."""
+        ctx = tf.distribute.get_replica_context()
+        replicas = ctx.num_replicas_in_sync if ctx else 1
+        rid = ctx.replica_id_in_sync_group if ctx else 0
+        class_task = ops.convert_to_tensor(self._class_task)
+        past = tf.where((class_task >= 0) & (class_task < self.task))[:, 0]
+        per_class = self.replay_per_class or local_batch * replicas
+        labels = tf.repeat(ops.cast(past, "int32"), per_class)
+        local_n = tf.size(labels) // replicas
+        start = ops.cast(rid, "int32") * local_n
+        return labels[start:start + local_n], local_n
+
+    def train_step(self, data):
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        if isinstance(x, dict):
+            x = x["x"]
+        x = ops.cast(x, "float32")
+        y = ops.cast(ops.reshape(y, (-1,)), "int32")
+        batch = tf.shape(x)[0]
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        s = self.gate_scale()
+        task = self.task
+        unused = ops.zeros((batch,), "int32")
+
+        # Critic and classifier.
+        fake = self.generate(y, self._noise(batch, self.noise_dim, 1),
+                             task, s)
+        replay_y, replay_n = self._replay_labels(batch)
+        replay = self.generate(
+            replay_y, self._noise(replay_n, self.noise_dim, 2)
+        )
+        fake, replay = ops.stop_gradient(fake), ops.stop_gradient(replay)
+        mix = self._noise(batch, 1, 3, kind="uniform")[:, :, None, None]
+        x_hat = mix * x + (1.0 - mix) * fake
+        with tf.GradientTape() as tape:
+            h = self.features(ops.concatenate([x, fake, replay], axis=0),
+                              ops.zeros((2 * batch + replay_n,), "int32"),
+                              training=True)
+            h_real, h_fake, h_replay = h[:batch], h[batch:2 * batch], \
+                h[2 * batch:]
+            wasserstein = (ops.mean(self.critic(h_fake))
+                           - ops.mean(self.critic(h_real)))
+            with tf.GradientTape() as inner:
+                inner.watch(x_hat)
+                critic_hat = self.critic(self.features(x_hat, unused,
+                                                       training=True))
+            slopes = inner.gradient(critic_hat, x_hat)
+            norms = ops.sqrt(ops.sum(ops.square(slopes), axis=(1, 2, 3))
+                             + 1e-12)
+            gp = ops.mean(ops.square(norms - 1.0))
+            logits_real = self.classify(h_real)
+            class_loss = (
+                ops.sum(keras.losses.sparse_categorical_crossentropy(
+                    y, logits_real, from_logits=True))
+                + ops.sum(keras.losses.sparse_categorical_crossentropy(
+                    replay_y, self.classify(h_replay), from_logits=True))
+            ) / ops.cast(batch + replay_n, "float32")
+            d_loss = wasserstein + self.gp_weight * gp + class_loss
+            scaled = d_loss / replicas
+        d_vars = self.discriminator_variables()
+        grads = tape.gradient(scaled, d_vars)
+        self.optimizer.apply(grads, d_vars)
+
+        # Generator: fool the critic, be classified as its class, and take
+        # few free units.
+        with tf.GradientTape() as tape:
+            fake = self.generate(y, self._noise(batch, self.noise_dim, 4),
+                                 task, s)
+            h = self.features(fake, unused, training=True)
+            adversarial = -ops.mean(self.critic(h))
+            auxiliary = ops.mean(keras.losses.sparse_categorical_crossentropy(
+                y, self.classify(h), from_logits=True))
+            mask_reg = self.reg_weight * self.generator.sparsity(task, s)
+            g_loss = adversarial + auxiliary + self.mask_lambda * mask_reg
+            scaled = g_loss / replicas
+        g_vars = self.generator_variables()
+        grads = tape.gradient(scaled, g_vars)
+        rules = self.generator.gradient_multipliers(s, self.s_max)
+        grads = [
+            g * ops.cast(rules[id(v)], g.dtype) if id(v) in rules else g
+            for g, v in zip(grads, g_vars)
+        ]
+        self.generator_optimizer.apply(grads, g_vars)
+
+        predicted = ops.cast(ops.argmax(logits_real, axis=-1), "int32")
+        accuracy = ops.mean(ops.cast(ops.equal(predicted, y), "float32"))
+        values = {
+            "d_loss": d_loss, "g_loss": g_loss, "wasserstein": wasserstein,
+            "gp": gp, "class_loss": class_loss, "mask_reg": mask_reg,
+            "accuracy": accuracy, "s": s,
+        }
+        for name, value in values.items():
+            self._trackers[name].update_state(value)
+        return {name: t.result() for name, t in self._trackers.items()}
+
+    # ------------------------------------------------------------------
+    # Task hooks.
+    def begin_task(self, task, benchmark=None):
+        super().begin_task(task, benchmark)
+        opt = self.generator_optimizer
+        if opt is not None and opt.built:
+            keep = {id(opt.iterations)}
+            for var in opt.variables:
+                if id(var) not in keep and var is not getattr(
+                        opt, "_learning_rate", None):
+                    var.assign(ops.zeros_like(var))
+        if self.reinit_discriminator and task > 0:
+            self._redraw_discriminator(task)
+        seen = np.zeros(self.num_classes, np.float32)
+        for t in range(task + 1):
+            seen[self.task_classes[t]] = 1.0
+        self.seen.assign(seen)
+        if self.optimizer is not None:
+            self.task_start.assign(self.optimizer.iterations)
+        size, free = 0, 0
+        for layer in self.generator.masked_layers:
+            layer.start_task(task)
+            active = int(layer.active.numpy())
+            size += active
+            free += active - int(layer.cumulative.numpy()[:active].sum())
+        self.reg_weight.assign(size / max(free, 1))
+
+    def _redraw_discriminator(self, task):
+        """Fresh Glorot kernels and zero biases for the discriminator."""
+        for i, var in enumerate(self.discriminator_variables()):
+            if len(var.shape) == 1:
+                var.assign(ops.zeros(var.shape))
+            else:
+                init = keras.initializers.GlorotUniform(
+                    seed=self.seed * 7919 + task * 131 + i
+                )
+                var.assign(init(var.shape))
+
+    def train_dataset(self, task, benchmark, batch_size, seed=0):
+        dataset = super().train_dataset(task, benchmark, batch_size, seed)
+        steps = int(dataset.cardinality())
+        if steps > 0:
+            self.anneal_steps.assign(float(steps * self.epochs_per_task))
+        return dataset
+
+    def end_task(self, task, benchmark=None):
+        """Binarises the task's masks, then grows every masked layer."""
+        super().end_task(task, benchmark)
+        entry = {"task": int(task), "layers": {}}
+        last = task == self.num_tasks - 1
+        for layer in self.generator.masked_layers:
+            newly = layer.finish_task(task)
+            granted = 0 if last else layer.grow(newly)
+            if granted < newly and not last:
+                logging.warning(
+                    "DGM: layer %s is full (capacity %d): grew by %d of %d "
+                    "units; raise --generator_capacity to keep the free "
+                    "capacity constant.",
+                    layer.name, layer.capacity, granted, newly,
+                )
+            counts = layer.unit_counts(task)
+            counts["grown"] = granted
+            entry["layers"][layer.name] = counts
+        self.growth_log = [e for e in self.growth_log if e["task"] < task]
+        self.growth_log.append(entry)
+
+    # ------------------------------------------------------------------
+    # Inspection, export and results.
+    def unit_counts(self, task):
+        """Fig. 6 of the paper: free / reused / new units per layer."""
+        return {
+            layer.name: layer.unit_counts(task)
+            for layer in self.generator.masked_layers
+        }
+
+    def sample_grid(self, classes, per_class=8, seed=0):
+        """A uint8 image grid: one row of `per_class` samples per class."""
+        labels = np.repeat(np.asarray(classes, np.int32), per_class)
+        noise = tf.random.stateless_normal(
+            (len(labels), self.noise_dim), seed=[seed, 0]
+        )
+        images = self.generate(labels, noise).numpy()
+        h, w, c = self.example_shape
+        grid = images.reshape(len(classes), per_class, h, w, c)
+        grid = grid.transpose(0, 2, 1, 3, 4).reshape(
+            len(classes) * h, per_class * w, c
+        )
+        return (np.clip(grid, 0.0, 1.0) * 255).astype(np.uint8)
+
+    def log_task_summaries(self, task, step, model_dir):
+        """Called by the trainer inside its writer: samples, units, masks."""
+        classes = [c for t in range(task + 1) for c in self.task_classes[t]]
+        grid = self.sample_grid(classes, seed=self.seed)
+        tf.summary.image("generated/samples", grid[None], step=step)
+        png = tf.io.encode_png(grid).numpy()
+        with open(os.path.join(model_dir, f"generated_task{task + 1}.png"),
+                  "wb") as f:
+            f.write(png)
+        for name, counts in self.unit_counts(task).items():
+            for key in ("free", "reused", "new"):
+                tf.summary.scalar(f"units/{name}/{key}", counts[key],
+                                  step=step)
+        for layer in self.generator.masked_layers:
+            active = int(layer.active.numpy())
+            e = layer.embedding[task][:active]
+            tf.summary.histogram(f"mask_embedding/{layer.name}", e, step=step)
+            tf.summary.histogram(
+                f"mask_gate/{layer.name}", ops.sigmoid(self.s_max * e),
+                step=step,
+            )
+        png = _unit_counts_png(self.growth_log)
+        if png is not None:
+            with open(os.path.join(model_dir, "dgm_units.png"), "wb") as f:
+                f.write(png)
+            tf.summary.image("units/counts",
+                             tf.image.decode_png(png, channels=4)[None],
+                             step=step)
+
+    def extra_results(self, matrix, benchmark):
+        """`a5` and `a10`: accuracy over the first 5 / 10 tasks' classes
+        right after task 5 / 10 (weighted by test examples)."""
+        out = {}
+        sizes = [benchmark.test_size(t) for t in range(benchmark.num_tasks)]
+        for k in (5, 10):
+            if len(matrix) >= k:
+                row = matrix[k - 1]
+                out[f"a{k}"] = float(
+                    sum(row[j] * sizes[j] for j in range(k))
+                    / sum(sizes[:k])
+                )
+        out["generator_units"] = {
+            layer.name: int(layer.active.numpy())
+            for layer in self.generator.masked_layers
+        }
+        out["unit_counts"] = self.growth_log
+        return out
+
+    def export_extras(self, export_dir, save):
+        """`export_dir/generator/`: images from (class, noise)."""
+        module = tf.Module()
+        module.generator_variables = [v.value for v in
+                                      self.generator.variables]
+        num_classes, noise_dim = self.num_classes, self.noise_dim
+        trained = ops.convert_to_tensor(self.seen.numpy())
+
+        @tf.function(input_signature=[
+            tf.TensorSpec((None,), tf.int32, name="label"),
+            tf.TensorSpec((None, noise_dim), tf.float32, name="noise"),
+        ])
+        def serve(label, noise):
+            message = (f"label must be a class the generator learned "
+                       f"(0 <= label < {num_classes}, seen in training)")
+            checks = [
+                tf.debugging.assert_non_negative(label, message=message),
+                tf.debugging.assert_less(label, num_classes, message=message),
+                tf.debugging.assert_equal(
+                    tf.shape(label)[0], tf.shape(noise)[0],
+                    message="label and noise need the same batch size"),
+            ]
+            with tf.control_dependencies(checks):
+                ok = tf.debugging.assert_positive(
+                    tf.gather(trained, tf.clip_by_value(
+                        label, 0, num_classes - 1)),
+                    message=message,
+                )
+            with tf.control_dependencies([ok]):
+                return {"images": self.generate(label, noise)}
+
+        module.serve = serve
+        save(module, os.path.join(export_dir, "generator"),
+             {"serving_default": serve})
+
+    def storage_bytes_per_task(self):
+        """Per task: one mask row per masked layer, one output bias row."""
+        return sum(layer.per_task_bytes()
+                   for layer in self.generator.layers_in_order)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "generator_units": list(self.generator_units),
+            "generator_capacity": self.generator_capacity,
+            "noise_dim": self.noise_dim,
+            "s_max": self.s_max,
+            "mask_lambda": self.mask_lambda,
+            "gp_weight": self.gp_weight,
+            "replay_per_class": self.replay_per_class,
+            "reinit_discriminator": self.reinit_discriminator,
+            "seed": self.seed,
+            "epochs_per_task": self.epochs_per_task,
+        }
+
+
+def _unit_counts_png(growth_log):
+    """Stacked bars of reused / new / still free units per layer and task."""
+    if not growth_log:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    names = list(growth_log[0]["layers"])
+    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.2),
+                             squeeze=False)
+    for ax, name in zip(axes[0], names):
+        tasks = [e["task"] + 1 for e in growth_log]
+        rows = [e["layers"][name] for e in growth_log]
+        reused = np.array([r["reused"] for r in rows])
+        new = np.array([r["new"] for r in rows])
+        left = np.array([r["free"] - r["new"] for r in rows])
+        ax.bar(tasks, reused, label="reused", color="tab:blue")
+        ax.bar(tasks, new, bottom=reused, label="newly reserved",
+               color="tab:orange")
+        ax.bar(tasks, left, bottom=reused + new, label="free, unused",
+               color="lightgray")
+        ax.set_title(f"generator layer {name}")
+        ax.set_xlabel("task")
+        ax.set_ylabel("units")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()

@@ -1,0 +1,317 @@
+"""DGM: masked generator layers, frozen old tasks, growth, the GAN's
+train_step on one and two replicas, a whole run with its exports."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl import logging
+
+from cl_zoo import train_lib
+from cl_zoo.benchmarks.base import Benchmark
+from cl_zoo.config import ConfigError, resolve_config
+from cl_zoo.layers.masked import MaskedConv2DTranspose, MaskedDense
+from cl_zoo.methods import get_method
+
+
+def make_class_incremental(num_classes=3, side=8, per_class=48, seed=0):
+    """One class per task; class c is a bright horizontal band at row c."""
+    rng = np.random.default_rng(seed)
+
+    def pool(n):
+        y = np.repeat(np.arange(num_classes), n)
+        x = rng.integers(0, 40, size=(len(y), side, side, 1))
+        for c in range(num_classes):
+            x[y == c, 2 * c:2 * c + 2] += 200
+        return x.clip(0, 255).astype(np.uint8), y
+
+    return Benchmark(
+        "tiny_ci", train=pool(per_class), test=pool(per_class // 2),
+        task_classes=[[c] for c in range(num_classes)],
+        num_classes=num_classes,
+    )
+
+
+@pytest.fixture(scope="module")
+def ci_benchmark():
+    return make_class_incremental()
+
+
+def _config(**overrides):
+    values = {
+        "generator_units": (6, 4), "noise_dim": 8, "hidden_units": (16,),
+        "batch_size": 16, "epochs": 1, "generator_capacity": 3.0,
+        **overrides,
+    }
+    return resolve_config(get_method("dgm"), "tiny_ci", values)
+
+
+def _build(benchmark, **overrides):
+    keras.utils.set_random_seed(1)
+    config = _config(**overrides)
+    model = get_method("dgm").from_run_config(config, benchmark)
+    model.build_for_inputs()
+    model.compile(optimizer=train_lib.make_optimizer(config))
+    model.build_optimizers()
+    return model
+
+
+def _train_task(model, benchmark, task, steps=4):
+    model.begin_task(task, benchmark)
+    data = model.train_dataset(task, benchmark, 16, seed=task).repeat()
+    model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0,
+              shuffle=False)
+    model.end_task(task, benchmark)
+
+
+def _samples(model, labels, seed=5):
+    noise = tf.random.stateless_normal((len(labels), model.noise_dim),
+                                       seed=[seed, 1])
+    return model.generate(np.asarray(labels, np.int32), noise).numpy()
+
+
+# Layers ---------------------------------------------------------------------
+def test_gates_follow_the_task_and_binarise(ci_benchmark):
+    layer = MaskedDense(4, num_tasks=3, capacity=6, activation="relu")
+    layer.build((None, 5))
+    assert layer.kernel.shape == (5, 6)
+    layer.embedding.assign(np.array([
+        [1.0, -1.0, 2.0, -0.5, 3.0, 3.0],  # units 4, 5 are spare (inactive)
+        [-1.0, 1.0, -1.0, 1.0, 0.0, 0.0],
+        np.zeros(6),
+    ], np.float32))
+    soft = layer.soft_gate(0, 1e4).numpy()
+    np.testing.assert_array_equal(soft, [1, 0, 1, 0, 0, 0])
+    assert layer.finish_task(0) == 2  # units 0 and 2, new
+    assert layer.finish_task(1) == 2  # units 1 and 3, new
+    np.testing.assert_array_equal(layer.cumulative.numpy(), [1, 1, 1, 1, 0, 0])
+    gates = layer.gates(np.array([1, 0, 1], np.int32)).numpy()
+    np.testing.assert_array_equal(gates[1], [1, 0, 1, 0, 0, 0])
+    np.testing.assert_array_equal(gates[0], [0, 1, 0, 1, 0, 0])
+    assert layer.grow(5) == 2 and int(layer.active.numpy()) == 6
+    # Once everything is reserved, weights reading reserved inputs into
+    # reserved units are frozen; the HAT rule leaves the rest trainable.
+    rules = layer.gradient_multipliers(
+        tf.constant([1.0, 0, 1, 0, 0]), s=1.0, s_max=1.0)
+    kernel_gate = rules[id(layer.kernel)].numpy()
+    assert kernel_gate.shape == (5, 6)
+    np.testing.assert_array_equal(kernel_gate[0], [0, 0, 0, 0, 1, 1])
+    np.testing.assert_array_equal(kernel_gate[1], [1, 1, 1, 1, 1, 1])
+    np.testing.assert_array_equal(rules[id(layer.bias)].numpy(),
+                                  [0, 0, 0, 0, 1, 1])
+
+
+def test_masked_conv_round_trips_and_counts():
+    layer = MaskedConv2DTranspose(3, num_tasks=2, capacity=5, kernel_size=4,
+                                  strides=2, name="up")
+    clone = MaskedConv2DTranspose.from_config(layer.get_config())
+    assert (clone.capacity, clone.kernel_size, clone.padding) == (5, 4, "same")
+    y = layer(tf.ones((2, 3, 3, 7)), tf.constant([0, 1]), current_task=0,
+              s=1.0)
+    assert y.shape == (2, 6, 6, 5)
+    # Task 1 has no mask yet (all zero) and spare units are off.
+    assert float(tf.reduce_max(tf.abs(y[1]))) == 0.0
+    assert float(tf.reduce_max(tf.abs(y[0, ..., 3:]))) == 0.0
+    with pytest.raises(ValueError, match="capacity >= units"):
+        MaskedDense(4, num_tasks=2, capacity=2)
+
+
+# Frozen old tasks and growth --------------------------------------------------
+def test_new_task_leaves_old_generator_outputs_bit_identical(ci_benchmark):
+    model = _build(ci_benchmark)
+    _train_task(model, ci_benchmark, 0)
+    before = _samples(model, [0, 0, 0])
+    kernels = [v.numpy().copy() for v in model.generator.trainable_variables]
+    for task in (1, 2):
+        _train_task(model, ci_benchmark, task)
+        np.testing.assert_array_equal(_samples(model, [0, 0, 0]), before)
+    changed = [
+        not np.array_equal(a, v.numpy())
+        for a, v in zip(kernels, model.generator.trainable_variables)
+    ]
+    assert any(changed)  # the generator did learn the later tasks
+    # ... and the classes differ: masks select different units.
+    assert not np.allclose(_samples(model, [2, 2, 2]), before)
+
+
+def test_growth_keeps_free_capacity_and_old_outputs(ci_benchmark):
+    model = _build(ci_benchmark)
+    layers = model.generator.masked_layers
+    model.begin_task(0, ci_benchmark)
+    data = model.train_dataset(0, ci_benchmark, 16).repeat()
+    model.fit(data, steps_per_epoch=4, epochs=1, verbose=0, shuffle=False)
+    for layer in layers:  # make sure the task reserves some units
+        e = layer.embedding.numpy()
+        e[0, :2] = 1.0
+        layer.embedding.assign(e)
+    before_masks = [layer.masks.numpy().copy() for layer in layers]
+    model.end_task(0, ci_benchmark)
+    out_after_growth = _samples(model, [0, 0])
+    for layer, masks in zip(layers, before_masks):
+        newly = int(layer.masks.numpy()[0].sum())
+        assert newly >= 2
+        # Free capacity is what it was: active - reserved = initial units.
+        active = int(layer.active.numpy())
+        assert active == layer.units + newly
+        assert active - int(layer.cumulative.numpy().sum()) == layer.units
+        # Old tasks' gates on the new units are off.
+        assert not layer.masks.numpy()[0, layer.units:].any()
+        del masks
+    log = model.growth_log[-1]["layers"]
+    assert log["project"]["grown"] == log["project"]["new"] >= 2
+    # Outputs of task 0 do not depend on the spare units that growth
+    # activated: change them and the samples stay bit for bit the same.
+    for layer in layers:
+        kernel = layer.kernel.numpy()
+        kernel[..., layer.units:, :] += 1.0  # (k, k, out, in)
+        layer.kernel.assign(kernel)
+    np.testing.assert_array_equal(_samples(model, [0, 0]), out_after_growth)
+
+
+def test_growth_stops_at_capacity_with_a_warning(ci_benchmark, monkeypatch):
+    model = _build(ci_benchmark, generator_capacity=1.5)
+    warnings = []
+    monkeypatch.setattr(logging, "warning",
+                        lambda msg, *args: warnings.append(msg % args))
+    model.begin_task(0, ci_benchmark)
+    for layer in model.generator.masked_layers:
+        layer.embedding.assign(np.ones(layer.embedding.shape, np.float32))
+    model.end_task(0, ci_benchmark)
+    project = model.generator.masked_layers[0]
+    assert int(project.active.numpy()) == project.capacity == 9
+    assert warnings and "--generator_capacity" in warnings[0]
+
+
+# Distribution ---------------------------------------------------------------
+def _fixed(model, benchmark, task, steps=2):
+    batches = list(model.train_dataset(task, benchmark, 16, seed=task)
+                   .take(steps))
+    stacked = tf.nest.map_structure(lambda *b: tf.stack(b), *batches)
+    return tf.data.Dataset.from_tensor_slices(stacked)
+
+
+def test_one_and_two_replicas_agree(ci_benchmark, mirrored_strategy):
+    """The GAN's steps (noise, replay, gradient penalty, gates, masks) are
+    the same on one replica and on two."""
+    results = []
+    for strategy in (tf.distribute.get_strategy(), mirrored_strategy):
+        with strategy.scope():
+            model = _build(ci_benchmark)
+        for task in range(2):
+            model.begin_task(task, ci_benchmark)
+            model.fit(_fixed(model, ci_benchmark, task), epochs=2,
+                      verbose=0, shuffle=False)
+            model.end_task(task, ci_benchmark)
+        state = [v.numpy() for v in model.variables]
+        state += [v.numpy() for v in model.optimizer.variables]
+        state += [v.numpy() for opt in model.extra_optimizers()
+                  for v in opt.variables]
+        results.append(state)
+    assert len(results[0]) == len(results[1])
+    for i, (a, b) in enumerate(zip(*results)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5,
+                                   err_msg=str(i))
+
+
+# Runs -----------------------------------------------------------------------
+def test_run_writes_results_samples_and_generator_export(tmp_path,
+                                                         ci_benchmark):
+    config = _config(model_dir=str(tmp_path / "run"), epochs=2, verbose=0,
+                     eval_batch_size=64)
+    results = train_lib.run(config, benchmark=ci_benchmark)
+    assert results["method"] == "dgm" and results["extra"]["head"] == "single"
+    r = np.array(results["accuracy_matrix"])
+    assert r.shape == (3, 3)
+    assert np.all(r[np.triu_indices(3, 1)] == 0.0)  # unseen classes
+    assert r[0, 0] == 1.0  # one class seen: nothing else to answer
+    counts = results["extra"]["unit_counts"]
+    assert [c["task"] for c in counts] == [0, 1, 2]
+    assert set(counts[0]["layers"]) == {"project", "up_1"}
+    for name in ("generated_task3.png", "dgm_units.png"):
+        assert os.path.getsize(tmp_path / "run" / name) > 0
+    generator = tf.saved_model.load(str(tmp_path / "run/export/generator"))
+    serve = generator.signatures["serving_default"]
+    images = serve(label=tf.constant([0, 2]),
+                   noise=tf.zeros((2, 8)))["images"].numpy()
+    assert images.shape == (2, 8, 8, 1)
+    assert 0.0 <= images.min() and images.max() <= 1.0
+    with pytest.raises(tf.errors.InvalidArgumentError, match="label must"):
+        serve(label=tf.constant([3]), noise=tf.zeros((1, 8)))
+    classifier = tf.saved_model.load(str(tmp_path / "run/export/task_2"))
+    x, _ = ci_benchmark.test_arrays(2)
+    scores = classifier.signatures["serving_default"](x=x[:4])["scores"]
+    assert scores.shape == (4, 3)
+
+
+def test_a5_and_a10_weigh_classes_by_test_examples():
+    bm = make_class_incremental(num_classes=10, side=8, per_class=4)
+    matrix = [[0.0] * 10 for _ in range(10)]
+    matrix[4][:5] = [1.0, 1.0, 1.0, 1.0, 0.0]
+    matrix[9] = [0.5] * 10
+    model = _build(bm)
+    extra = model.extra_results(matrix, bm)
+    assert extra["a5"] == pytest.approx(0.8)
+    assert extra["a10"] == pytest.approx(0.5)
+
+
+def test_bad_settings_are_refused(ci_benchmark):
+    with pytest.raises(ConfigError, match="generator_capacity"):
+        _config(generator_capacity=0.5)
+    with pytest.raises(ConfigError, match="replay_per_class"):
+        _config(replay_per_class=-1)
+    with pytest.raises(ValueError, match="head='single'"):
+        get_method("dgm").from_run_config(_config(head="multi"), ci_benchmark)
+    flat = Benchmark(
+        "flat", train=(np.zeros((4, 10), np.uint8), np.arange(4) % 2),
+        test=(np.zeros((4, 10), np.uint8), np.arange(4) % 2),
+        task_classes=[[0], [1]], num_classes=2,
+    )
+    with pytest.raises(ValueError, match=r"image inputs of shape \(H, W, C\)"):
+        get_method("dgm").from_run_config(_config(), flat)
+    odd = make_class_incremental(side=6)
+    with pytest.raises(ValueError, match="divides by 4"):
+        get_method("dgm").from_run_config(_config(), odd)
+
+
+def test_fast_preset_only_for_methods_that_have_one():
+    config = resolve_config(get_method("dgm"), "class_incremental_mnist",
+                            {"fast": True, "epochs": 3})
+    assert (config.epochs, config.replay_per_class) == (3, 16)
+    with pytest.raises(ConfigError, match="no quick preset"):
+        resolve_config(get_method("ewc"), "split_mnist", {"fast": True})
+
+
+def test_results_json_is_json(tmp_path, ci_benchmark):
+    config = _config(model_dir=str(tmp_path / "r"), verbose=0, export=False)
+    train_lib.run(config, benchmark=ci_benchmark)
+    with open(tmp_path / "r" / "results.json") as f:
+        results = json.load(f)
+    assert results["config"]["generator_units"] == [6, 4]
+
+
+@pytest.mark.parametrize(
+    "name", ["class_incremental_svhn", "class_incremental_cifar10"])
+def test_tfds_pipelines_run_end_to_end_on_mock_data(name, monkeypatch,
+                                                    tmp_path):
+    """SVHN and CIFAR-10, one class per task, 32x32x3: the whole run on
+    tfds's mock data (their real accuracy is not measured here)."""
+    import tensorflow_datasets as tfds
+
+    from cl_zoo import benchmarks
+    from cl_zoo.benchmarks import tfds_sets
+
+    monkeypatch.setattr(tfds_sets, "_network_reachable", lambda name: True)
+    with tfds.testing.mock_data(num_examples=200):
+        bm = benchmarks.get_benchmark(name, data_dir=str(tmp_path / "data"))
+    config = resolve_config(get_method("dgm"), name, {
+        "model_dir": str(tmp_path / "run"), "generator_units": (8, 4),
+        "noise_dim": 8, "hidden_units": (16,), "batch_size": 8,
+        "epochs": 1, "verbose": 0, "export": False, "eval_batch_size": 64,
+    })
+    results = train_lib.run(config, benchmark=bm)
+    assert np.array(results["accuracy_matrix"]).shape == (10, 10)
+    assert 0.0 <= results["extra"]["a10"] <= 1.0
+    assert os.path.exists(tmp_path / "run" / "generated_task10.png")
