@@ -315,3 +315,34 @@ def test_tfds_pipelines_run_end_to_end_on_mock_data(name, monkeypatch,
     assert np.array(results["accuracy_matrix"]).shape == (10, 10)
     assert 0.0 <= results["extra"]["a10"] <= 1.0
     assert os.path.exists(tmp_path / "run" / "generated_task10.png")
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_killed_run_resumes_to_the_same_results(tmp_path, ci_benchmark,
+                                                monkeypatch):
+    """Killed mid-task 2, rerun: masks, grown layers and both optimizers
+    come back from the checkpoint and the run ends as an uninterrupted one
+    (the noise depends on the step, not on the process)."""
+    def config(name):
+        return _config(model_dir=str(tmp_path / name), epochs=2, verbose=0,
+                       export=False, eval_batch_size=64)
+
+    original = train_lib._EpochCheckpoint.on_epoch_end
+
+    def dying(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if self.task == 1 and epoch == 2:
+            raise _Killed  # task 2's first epoch saved
+
+    monkeypatch.setattr(train_lib._EpochCheckpoint, "on_epoch_end", dying)
+    with pytest.raises(_Killed):
+        train_lib.run(config("killed"), benchmark=ci_benchmark)
+    monkeypatch.setattr(train_lib._EpochCheckpoint, "on_epoch_end", original)
+    resumed = train_lib.run(config("killed"), benchmark=ci_benchmark)
+    straight = train_lib.run(config("straight"), benchmark=ci_benchmark)
+    assert resumed["accuracy_matrix"] == straight["accuracy_matrix"]
+    assert resumed["extra"] == straight["extra"]
+    assert len(resumed["extra"]["unit_counts"]) == 3

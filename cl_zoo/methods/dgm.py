@@ -295,13 +295,15 @@ class DGM(ContinualModel):
         self.reg_weight = keras.Variable(
             1.0, trainable=False, name="reg_weight"
         )
+        self.tasks_done = keras.Variable(
+            0, dtype="int32", trainable=False, name="tasks_done"
+        )
         self.generator_optimizer = None
         self._trackers = {
             name: keras.metrics.Mean(name=name)
             for name in ("d_loss", "g_loss", "wasserstein", "gp",
                          "class_loss", "mask_reg", "accuracy", "s")
         }
-        self.growth_log = []
 
     # ------------------------------------------------------------------
     # Construction.
@@ -554,7 +556,6 @@ class DGM(ContinualModel):
     def end_task(self, task, benchmark=None):
         """Binarises the task's masks, then grows every masked layer."""
         super().end_task(task, benchmark)
-        entry = {"task": int(task), "layers": {}}
         last = task == self.num_tasks - 1
         for layer in self.generator.masked_layers:
             newly = layer.finish_task(task)
@@ -566,11 +567,25 @@ class DGM(ContinualModel):
                     "capacity constant.",
                     layer.name, layer.capacity, granted, newly,
                 )
-            counts = layer.unit_counts(task)
-            counts["grown"] = granted
-            entry["layers"][layer.name] = counts
-        self.growth_log = [e for e in self.growth_log if e["task"] < task]
-        self.growth_log.append(entry)
+        self.tasks_done.assign(task + 1)
+
+    @property
+    def growth_log(self):
+        """Per finished task and masked layer: units in use, free, reused,
+        newly reserved, and grown after it (from the layers' state, so a
+        resumed run reports every task)."""
+        done = int(self.tasks_done.numpy())
+        log = []
+        for task in range(done):
+            layers = {}
+            for layer in self.generator.masked_layers:
+                counts = layer.unit_counts(task)
+                after = (int(layer.sizes.numpy()[task + 1])
+                         if task + 1 < done else int(layer.active.numpy()))
+                counts["grown"] = after - counts["size"]
+                layers[layer.name] = counts
+            log.append({"task": task, "layers": layers})
+        return log
 
     # ------------------------------------------------------------------
     # Inspection, export and results.
