@@ -76,6 +76,7 @@ class RunConfig:
     generator_units: tuple[int, ...] = (64, 32)
     generator_capacity: float = 3.0
     noise_dim: int = 128
+    generator_batch_norm: bool = True
     s_max: float = 1e5
     mask_lambda: float = 0.01
     gp_weight: float = 1.0

@@ -29,6 +29,7 @@ CONFIG_FLAGS = (
     "lwf_lambda",
     "lwf_temperature", "memory_size", "gem_margin", "lr_decay", "dropout",
     "adam_beta1", "generator_units", "generator_capacity", "noise_dim",
+    "generator_batch_norm",
     "s_max", "mask_lambda", "gp_weight", "replay_per_class",
     "reinit_discriminator", "fast",
     "eval_batch_size", "eval_examples", "export", "verbose",
@@ -243,6 +244,12 @@ def define_run_flags():
     )
     flags.DEFINE_integer("noise_dim", None, "DGM: size of the generator's "
                          "noise z. Default 128.")
+    flags.DEFINE_boolean(
+        "generator_batch_norm", None,
+        "DGM: batch normalization in the generator's masked layers, one set "
+        "of scale, offset and statistics per task (the authors'). Default "
+        "true.",
+    )
     flags.DEFINE_float(
         "s_max", None,
         "DGM: final scale of the mask gates sigmoid(s * e); s is annealed "

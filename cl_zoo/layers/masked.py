@@ -30,6 +30,14 @@ the capacity.
 An unmasked variant (`masked=False`) is the generator's output layer: its
 units are always in use (so its weights from reserved input units are
 frozen) and its bias is one row per task.
+
+Batch normalization (`batch_norm=True`, as in the authors' generator) is
+per task: one row of scale, offset and statistics per task, applied to the
+units before the activation and the gate. While a task trains, its examples
+are normalized with the batch's statistics (summed over replicas, so two
+replicas normalize as one); `record_statistics` then stores the task's
+statistics, measured on a large batch at the end of the task, and every
+later call uses them. A task's output thus depends on its own rows only.
 """
 
 from __future__ import annotations
@@ -54,6 +62,22 @@ class ClipValue(keras.constraints.Constraint):
 
     def get_config(self):
         return {"limit": self.limit}
+
+
+def _global_moments(y, axes):
+    """Mean and variance over `axes` and over every replica's batch."""
+    ctx = tf.distribute.get_replica_context()
+    replicas = ctx.num_replicas_in_sync if ctx is not None else 1
+    count = tf.cast(tf.reduce_prod(tf.gather(tf.shape(y), list(axes))),
+                    y.dtype)
+    total, squares = ops.sum(y, axis=axes), ops.sum(ops.square(y), axis=axes)
+    if replicas > 1:
+        total, squares, count = (
+            ctx.all_reduce(tf.distribute.ReduceOp.SUM, v)
+            for v in (total, squares, count)
+        )
+    mean = total / count
+    return mean, ops.maximum(squares / count - ops.square(mean), 0.0)
 
 
 def _check_positive_int(name, value):
@@ -87,6 +111,7 @@ class _MaskedLayer(keras.layers.Layer):
         masked=True,
         activation=None,
         kernel_initializer="glorot_uniform",
+        batch_norm=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -102,6 +127,9 @@ class _MaskedLayer(keras.layers.Layer):
         if not masked and self.capacity != self.units:
             raise ValueError("An unmasked layer cannot grow: capacity=units.")
         self.masked = bool(masked)
+        self.batch_norm = bool(batch_norm)
+        if self.batch_norm and not self.masked:
+            raise ValueError("Only masked layers take batch_norm=True.")
         self.activation = keras.activations.get(activation)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
 
@@ -124,7 +152,8 @@ class _MaskedLayer(keras.layers.Layer):
             initializer=self.kernel_initializer,
         )
         if self.masked:
-            self.bias = self.add_weight(
+            # Batch normalization's offset takes the place of the bias.
+            self.bias = None if self.batch_norm else self.add_weight(
                 name="bias", shape=(self.capacity,), initializer="zeros"
             )
             self.embedding = self.add_weight(
@@ -167,6 +196,20 @@ class _MaskedLayer(keras.layers.Layer):
                 shape=(self.num_tasks, self.capacity),
                 initializer="zeros",
             )
+        if self.batch_norm:
+            table = (self.num_tasks, self.capacity)
+            self.gamma = self.add_weight(name="gamma", shape=table,
+                                         initializer="ones")
+            self.beta = self.add_weight(name="beta", shape=table,
+                                        initializer="zeros")
+            self.moving_mean = self.add_weight(
+                name="moving_mean", shape=table, initializer="zeros",
+                trainable=False,
+            )
+            self.moving_variance = self.add_weight(
+                name="moving_variance", shape=table, initializer="ones",
+                trainable=False,
+            )
 
     # ------------------------------------------------------------------
     # Gates.
@@ -197,15 +240,43 @@ class _MaskedLayer(keras.layers.Layer):
         is_current = ops.equal(task_ids, current)[:, None]
         return ops.where(is_current, soft[None, :], hard)
 
-    def call(self, x, task_ids, current_task=-1, s=1.0):
+    def call(self, x, task_ids, current_task=-1, s=1.0, batch_stats=False,
+             record=False):
+        """Args (besides the input and each example's task id):
+            current_task, s: the task whose soft gate (at scale s) applies.
+            batch_stats: normalize with the batch's statistics (training;
+                the batch must hold one task's examples) instead of the
+                stored ones.
+            record: store the batch's statistics as the task's (eager,
+                between tasks; implies batch_stats).
+        """
         task_ids = ops.cast(task_ids, "int32")
         y = self.linear(x)
         spatial = (1,) * (len(y.shape) - 2)
-        if self.masked:
+
+        def rows(table):
+            return ops.reshape(ops.take(table, task_ids, axis=0),
+                               (-1, *spatial, self.capacity))
+
+        if not self.masked:
+            y = y + rows(self.bias)
+        elif self.bias is not None:
             y = y + self.bias
-        else:
-            bias = ops.take(self.bias, task_ids, axis=0)
-            y = y + ops.reshape(bias, (-1, *spatial, self.capacity))
+        if self.batch_norm:
+            axes = tuple(range(len(y.shape) - 1))
+            if batch_stats or record:
+                mean, variance = _global_moments(y, axes)
+                if record:
+                    task = int(task_ids[0])
+                    for table, value in ((self.moving_mean, mean),
+                                         (self.moving_variance, variance)):
+                        table.assign(ops.scatter_update(
+                            table, [[task]], value[None]))
+            else:
+                mean, variance = rows(self.moving_mean), rows(
+                    self.moving_variance)
+            y = (y - mean) * ops.rsqrt(variance + 1e-5)
+            y = y * rows(self.gamma) + rows(self.beta)
         if self.activation is not None:
             y = self.activation(y)
         if not self.masked:
@@ -233,8 +304,11 @@ class _MaskedLayer(keras.layers.Layer):
             else 1.0 - in_cumulative
         )
         rules = {id(self.kernel): self.kernel_gate(out_free, in_free)}
-        if self.masked:
+        # gamma and beta: one row per task, only the current row has a
+        # gradient; they need no gate.
+        if self.masked and self.bias is not None:
             rules[id(self.bias)] = out_free
+        if self.masked:
             # HAT: undo the 1/s flattening of the sigmoid's slope, so the
             # embeddings learn at s_max's rate whatever s is.
             e = self.embedding
@@ -306,10 +380,13 @@ class _MaskedLayer(keras.layers.Layer):
         }
 
     def per_task_bytes(self):
-        """One float32 mask value per active unit (masked) or a bias row."""
-        if self.masked:
-            return 4 * int(self.active.numpy())
-        return 4 * self.capacity
+        """One float32 mask value per active unit (masked) or a bias row;
+        with batch normalization four more rows (scale, offset, mean and
+        variance)."""
+        if not self.masked:
+            return 4 * self.capacity
+        rows = 5 if self.batch_norm else 1
+        return 4 * rows * int(self.active.numpy())
 
     def get_config(self):
         return {
@@ -318,6 +395,7 @@ class _MaskedLayer(keras.layers.Layer):
             "num_tasks": self.num_tasks,
             "capacity": self.capacity,
             "masked": self.masked,
+            "batch_norm": self.batch_norm,
             "activation": keras.activations.serialize(self.activation)
             if self.activation is not None else None,
             "kernel_initializer": keras.initializers.serialize(

@@ -42,6 +42,8 @@ from cl_zoo.methods.base import ContinualModel
 from cl_zoo.methods.registry import register
 
 _MASKED_LOGIT = -1e9
+# Samples over which a finished task's batch-norm statistics are measured.
+STATISTICS_SAMPLES = 1024
 
 
 @keras.saving.register_keras_serializable(package="cl_zoo")
@@ -65,7 +67,7 @@ class DGMGenerator(keras.layers.Layer):
     """
 
     def __init__(self, image_shape, num_classes, num_tasks, units=(64, 32),
-                 capacity=3.0, noise_dim=128, **kwargs):
+                 capacity=3.0, noise_dim=128, batch_norm=True, **kwargs):
         super().__init__(**kwargs)
         self.image_shape = tuple(int(d) for d in image_shape)
         self.num_classes = int(num_classes)
@@ -73,6 +75,7 @@ class DGMGenerator(keras.layers.Layer):
         self.units = tuple(int(u) for u in units)
         self.capacity = float(capacity)
         self.noise_dim = int(noise_dim)
+        self.batch_norm = bool(batch_norm)
         if len(self.image_shape) != 3:
             raise ValueError(
                 "DGM generates images: expected image_shape (H, W, C). "
@@ -106,6 +109,7 @@ class DGMGenerator(keras.layers.Layer):
                 padding="valid" if first else "same",
                 capacity=int(math.ceil(n * self.capacity)),
                 activation="relu",
+                batch_norm=self.batch_norm,
                 name="project" if first else f"up_{i}",
             ))
         self.output_layer = MaskedConv2DTranspose(
@@ -123,7 +127,8 @@ class DGMGenerator(keras.layers.Layer):
             layer.build(shape)
             shape = layer.compute_output_shape(shape)
 
-    def call(self, labels, noise, task_ids, current_task=-1, s=1.0):
+    def call(self, labels, noise, task_ids, current_task=-1, s=1.0,
+             batch_stats=False, record=False):
         labels = ops.cast(labels, "int32")
         h = ops.concatenate(
             [noise, ops.one_hot(labels, self.num_classes, dtype=noise.dtype)],
@@ -131,7 +136,8 @@ class DGMGenerator(keras.layers.Layer):
         )
         h = ops.reshape(h, (-1, 1, 1, self.noise_dim + self.num_classes))
         for layer in self.masked_layers:
-            h = layer(h, task_ids, current_task=current_task, s=s)
+            h = layer(h, task_ids, current_task=current_task, s=s,
+                      batch_stats=batch_stats, record=record)
         return self.output_layer(h, task_ids)
 
     def gradient_multipliers(self, s, s_max):
@@ -158,6 +164,7 @@ class DGMGenerator(keras.layers.Layer):
             "units": list(self.units),
             "capacity": self.capacity,
             "noise_dim": self.noise_dim,
+            "batch_norm": self.batch_norm,
         }
 
 
@@ -171,6 +178,8 @@ class DGM(ContinualModel):
             of its initial units; growth past it is refused with a warning
             (the free capacity then shrinks).
         noise_dim: size of the generator's noise.
+        generator_batch_norm: per-task batch normalization in the
+            generator's masked layers (the authors').
         s_max: final scale of the mask gates.
         mask_lambda: weight of the sparsity regularizer (lambda_G).
         gp_weight: weight of the WGAN-GP gradient penalty.
@@ -206,6 +215,7 @@ class DGM(ContinualModel):
             "generator_units": config.generator_units,
             "generator_capacity": config.generator_capacity,
             "noise_dim": config.noise_dim,
+            "generator_batch_norm": config.generator_batch_norm,
             "s_max": config.s_max,
             "mask_lambda": config.mask_lambda,
             "gp_weight": config.gp_weight,
@@ -221,6 +231,7 @@ class DGM(ContinualModel):
         generator_units=(64, 32),
         generator_capacity=3.0,
         noise_dim=128,
+        generator_batch_norm=True,
         s_max=1e5,
         mask_lambda=0.01,
         gp_weight=1.0,
@@ -257,6 +268,7 @@ class DGM(ContinualModel):
         self.generator_units = tuple(int(u) for u in generator_units)
         self.generator_capacity = float(generator_capacity)
         self.noise_dim = int(noise_dim)
+        self.generator_batch_norm = bool(generator_batch_norm)
         self.s_max = float(s_max)
         self.mask_lambda = float(mask_lambda)
         self.gp_weight = float(gp_weight)
@@ -269,7 +281,8 @@ class DGM(ContinualModel):
         self.generator = DGMGenerator(
             self.example_shape, self.num_classes, self.num_tasks,
             units=self.generator_units, capacity=self.generator_capacity,
-            noise_dim=self.noise_dim, name="generator",
+            noise_dim=self.noise_dim, batch_norm=self.generator_batch_norm,
+            name="generator",
         )
         self.critic = keras.layers.Dense(1, name="critic")
         # Task of each class (-1: in no task), a constant of the graph.
@@ -368,13 +381,21 @@ class DGM(ContinualModel):
         x, task_ids = self.unpack_inputs(inputs)
         return self.classify(self.features(x, task_ids, training))
 
-    def generate(self, labels, noise, current_task=-1, s=None):
-        """Images of classes `labels`, each with its task's mask."""
+    def generate(self, labels, noise, current_task=-1, s=None,
+                 batch_stats=False, record=False):
+        """Images of classes `labels`, each with its task's mask.
+
+        `current_task` and `s`: the task trained (soft gates at scale s);
+        `batch_stats`: batch normalization with the batch's statistics (a
+        batch of the current task); `record`: store them (see
+        `cl_zoo.layers.masked`).
+        """
         labels = ops.cast(labels, "int32")
         task_ids = ops.take(ops.convert_to_tensor(self._class_task), labels)
         return self.generator(
             labels, noise, task_ids, current_task=current_task,
-            s=self.s_max if s is None else s,
+            s=self.s_max if s is None else s, batch_stats=batch_stats,
+            record=record,
         )
 
     # ------------------------------------------------------------------
@@ -439,7 +460,7 @@ class DGM(ContinualModel):
 
         # Critic and classifier.
         fake = self.generate(y, self._noise(batch, self.noise_dim, 1),
-                             task, s)
+                             task, s, batch_stats=True)
         replay_y, replay_n = self._replay_labels(batch)
         replay = self.generate(
             replay_y, self._noise(replay_n, self.noise_dim, 2)
@@ -480,7 +501,7 @@ class DGM(ContinualModel):
         # few free units.
         with tf.GradientTape() as tape:
             fake = self.generate(y, self._noise(batch, self.noise_dim, 4),
-                                 task, s)
+                                 task, s, batch_stats=True)
             h = self.features(fake, unused, training=True)
             adversarial = -ops.mean(self.critic(h))
             auxiliary = ops.mean(keras.losses.sparse_categorical_crossentropy(
@@ -557,8 +578,19 @@ class DGM(ContinualModel):
         """Binarises the task's masks, then grows every masked layer."""
         super().end_task(task, benchmark)
         last = task == self.num_tasks - 1
-        for layer in self.generator.masked_layers:
-            newly = layer.finish_task(task)
+        reserved = [layer.finish_task(task)
+                    for layer in self.generator.masked_layers]
+        if self.generator_batch_norm:
+            # The task's batch-norm statistics, over 1024 samples drawn with
+            # its final (binary) masks.
+            classes = np.asarray(self.task_classes[task], np.int32)
+            labels = np.resize(classes, STATISTICS_SAMPLES)
+            noise = tf.random.stateless_normal(
+                (STATISTICS_SAMPLES, self.noise_dim),
+                seed=[self.seed * 1009 + 5, task],
+            )
+            self.generate(labels, noise, record=True)
+        for layer, newly in zip(self.generator.masked_layers, reserved):
             granted = 0 if last else layer.grow(newly)
             if granted < newly and not last:
                 logging.warning(
@@ -704,6 +736,7 @@ class DGM(ContinualModel):
             "generator_units": list(self.generator_units),
             "generator_capacity": self.generator_capacity,
             "noise_dim": self.noise_dim,
+            "generator_batch_norm": self.generator_batch_norm,
             "s_max": self.s_max,
             "mask_lambda": self.mask_lambda,
             "gp_weight": self.gp_weight,
