@@ -82,6 +82,7 @@ class RunConfig:
     gp_weight: float = 1.0
     replay_per_class: int = 0
     reinit_discriminator: bool = True
+    classify_fakes: bool = False
     # `--fast`: the method's quick preset (DGM's 15-minute MNIST run).
     fast: bool = False
     # Training loss over the logits.

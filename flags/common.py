@@ -31,7 +31,7 @@ CONFIG_FLAGS = (
     "adam_beta1", "generator_units", "generator_capacity", "noise_dim",
     "generator_batch_norm",
     "s_max", "mask_lambda", "gp_weight", "replay_per_class",
-    "reinit_discriminator", "fast",
+    "reinit_discriminator", "classify_fakes", "fast",
     "eval_batch_size", "eval_examples", "export", "verbose",
     "overwrite", "model_dir",
 )
@@ -273,6 +273,13 @@ def define_run_flags():
         "reinit_discriminator", None,
         "DGM: draw the discriminator (critic and classifier) afresh for "
         "each task, as the authors do on MNIST and SVHN. Default true.",
+    )
+    flags.DEFINE_boolean(
+        "classify_fakes", None,
+        "DGM: the classifier head also learns the current task's generated "
+        "examples (AC-GAN's classifier loss). Without it, only real "
+        "examples of the current class and generated ones of earlier "
+        "classes (the paper's wording). Default false.",
     )
     flags.DEFINE_boolean(
         "fast", False,

@@ -186,6 +186,9 @@ class DGM(ContinualModel):
         replay_per_class: generated examples per earlier class and step
             (0: the batch size, the authors' balance).
         reinit_discriminator: draw the discriminator afresh for each task.
+        classify_fakes: the classifier also learns the current task's
+            generated examples (AC-GAN's loss; the DGM paper names real
+            current and generated past examples only).
         seed: seed of the noise and of the discriminator's re-draws.
     """
 
@@ -221,6 +224,7 @@ class DGM(ContinualModel):
             "gp_weight": config.gp_weight,
             "replay_per_class": config.replay_per_class,
             "reinit_discriminator": config.reinit_discriminator,
+            "classify_fakes": config.classify_fakes,
             "seed": config.seed,
             "epochs_per_task": config.epochs,
         }
@@ -237,6 +241,7 @@ class DGM(ContinualModel):
         gp_weight=1.0,
         replay_per_class=0,
         reinit_discriminator=True,
+        classify_fakes=False,
         seed=0,
         epochs_per_task=1,
         **kwargs,
@@ -274,6 +279,7 @@ class DGM(ContinualModel):
         self.gp_weight = float(gp_weight)
         self.replay_per_class = int(replay_per_class)
         self.reinit_discriminator = bool(reinit_discriminator)
+        self.classify_fakes = bool(classify_fakes)
         self.seed = int(seed)
         # For the annealing of s over the task's steps.
         self.epochs_per_task = int(epochs_per_task)
@@ -472,8 +478,8 @@ class DGM(ContinualModel):
             h = self.features(ops.concatenate([x, fake, replay], axis=0),
                               ops.zeros((2 * batch + replay_n,), "int32"),
                               training=True)
-            h_real, h_fake, h_replay = h[:batch], h[batch:2 * batch], \
-                h[2 * batch:]
+            h_real, h_fake = h[:batch], h[batch:2 * batch]
+            h_replay = h[2 * batch:]
             wasserstein = (ops.mean(self.critic(h_fake))
                            - ops.mean(self.critic(h_real)))
             with tf.GradientTape() as inner:
@@ -485,12 +491,16 @@ class DGM(ContinualModel):
                              + 1e-12)
             gp = ops.mean(ops.square(norms - 1.0))
             logits_real = self.classify(h_real)
-            class_loss = (
-                ops.sum(keras.losses.sparse_categorical_crossentropy(
-                    y, logits_real, from_logits=True))
-                + ops.sum(keras.losses.sparse_categorical_crossentropy(
-                    replay_y, self.classify(h_replay), from_logits=True))
-            ) / ops.cast(batch + replay_n, "float32")
+            class_loss = (_summed_cross_entropy(y, logits_real)
+                          + _summed_cross_entropy(replay_y,
+                                                self.classify(h_replay)))
+            count = batch + replay_n
+            if self.classify_fakes:
+                # AC-GAN's classifier loss on the current task's fakes too:
+                # otherwise "real-looking" alone marks the current class.
+                class_loss += _summed_cross_entropy(y, self.classify(h_fake))
+                count += batch
+            class_loss = class_loss / ops.cast(count, "float32")
             d_loss = wasserstein + self.gp_weight * gp + class_loss
             scaled = d_loss / replicas
         d_vars = self.discriminator_variables()
@@ -742,9 +752,15 @@ class DGM(ContinualModel):
             "gp_weight": self.gp_weight,
             "replay_per_class": self.replay_per_class,
             "reinit_discriminator": self.reinit_discriminator,
+            "classify_fakes": self.classify_fakes,
             "seed": self.seed,
             "epochs_per_task": self.epochs_per_task,
         }
+
+
+def _summed_cross_entropy(labels, logits):
+    return ops.sum(keras.losses.sparse_categorical_crossentropy(
+        labels, logits, from_logits=True))
 
 
 def _unit_counts_png(growth_log):
