@@ -27,9 +27,11 @@ reserved, so that the free capacity stays what it was at the start. Exports
 and `per_task_bytes` count active units only; the compute cost is that of
 the capacity.
 
-An unmasked variant (`masked=False`) is the generator's output layer: its
-units are always in use (so its weights from reserved input units are
-frozen) and its bias is one row per task.
+An unmasked variant (`masked=False`) is the generator's output layer, one
+per task as in the authors' code: a kernel and a bias per task, of which
+each example uses its task's (all tasks' outputs are computed, a cheap
+layer, and the example's own is selected). Only the current task's kernel
+gets gradients, so a new task may combine reused (frozen) units freely.
 
 Batch normalization (`batch_norm=True`, as in the authors' generator) is
 per task: one row of scale, offset and statistics per task, applied to the
@@ -43,6 +45,7 @@ later call uses them. A task's output thus depends on its own rows only.
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
@@ -127,6 +130,8 @@ class _MaskedLayer(keras.layers.Layer):
         if not masked and self.capacity != self.units:
             raise ValueError("An unmasked layer cannot grow: capacity=units.")
         self.masked = bool(masked)
+        # Outputs of the kernel: one set per task when unmasked.
+        self.out_units = self.capacity * (1 if masked else self.num_tasks)
         self.batch_norm = bool(batch_norm)
         if self.batch_norm and not self.masked:
             raise ValueError("Only masked layers take batch_norm=True.")
@@ -253,6 +258,14 @@ class _MaskedLayer(keras.layers.Layer):
         task_ids = ops.cast(task_ids, "int32")
         y = self.linear(x)
         spatial = (1,) * (len(y.shape) - 2)
+        if not self.masked:
+            # Each example's own task's output.
+            y = tf.reshape(y, tf.concat(
+                [tf.shape(y)[:-1], [self.num_tasks, self.capacity]], 0))
+            select = ops.one_hot(task_ids, self.num_tasks, dtype=y.dtype)
+            y = ops.sum(y * ops.reshape(select, (-1, *spatial,
+                                                 self.num_tasks, 1)),
+                        axis=-2)
 
         def rows(table):
             return ops.reshape(ops.take(table, task_ids, axis=0),
@@ -294,10 +307,9 @@ class _MaskedLayer(keras.layers.Layer):
                 inputs are not masked, i.e. always in use).
             s: the current gate scale; s_max: its final value.
         """
-        out_free = (
-            1.0 - self.cumulative if self.masked
-            else ops.zeros((self.capacity,))
-        )
+        if not self.masked:
+            return {}  # one kernel per task: nothing to protect
+        out_free = 1.0 - self.cumulative
         in_units = self.kernel.shape[self.in_axis]
         in_free = (
             ops.zeros((in_units,)) if in_cumulative is None
@@ -306,15 +318,14 @@ class _MaskedLayer(keras.layers.Layer):
         rules = {id(self.kernel): self.kernel_gate(out_free, in_free)}
         # gamma and beta: one row per task, only the current row has a
         # gradient; they need no gate.
-        if self.masked and self.bias is not None:
+        if self.bias is not None:
             rules[id(self.bias)] = out_free
-        if self.masked:
-            # HAT: undo the 1/s flattening of the sigmoid's slope, so the
-            # embeddings learn at s_max's rate whatever s is.
-            e = self.embedding
-            num = ops.cosh(ops.clip(s * e, -COSH_LIMIT, COSH_LIMIT)) + 1.0
-            den = ops.cosh(e) + 1.0
-            rules[id(self.embedding)] = (s_max / s) * num / den
+        # HAT: undo the 1/s flattening of the sigmoid's slope, so the
+        # embeddings learn at s_max's rate whatever s is.
+        e = self.embedding
+        num = ops.cosh(ops.clip(s * e, -COSH_LIMIT, COSH_LIMIT)) + 1.0
+        den = ops.cosh(e) + 1.0
+        rules[id(self.embedding)] = (s_max / s) * num / den
         return rules
 
     def sparsity_terms(self, task, s):
@@ -380,11 +391,12 @@ class _MaskedLayer(keras.layers.Layer):
         }
 
     def per_task_bytes(self):
-        """One float32 mask value per active unit (masked) or a bias row;
-        with batch normalization four more rows (scale, offset, mean and
-        variance)."""
+        """One float32 mask value per active unit (masked), with batch
+        normalization four more rows (scale, offset, mean and variance);
+        unmasked, the task's kernel and bias."""
         if not self.masked:
-            return 4 * self.capacity
+            return 4 * (int(np.prod(self.kernel.shape)) // self.num_tasks
+                        + self.capacity)
         rows = 5 if self.batch_norm else 1
         return 4 * rows * int(self.active.numpy())
 
@@ -411,7 +423,7 @@ class MaskedDense(_MaskedLayer):
     in_axis = 0
 
     def kernel_shape(self, in_units):
-        return (in_units, self.capacity)
+        return (in_units, self.out_units)
 
     def kernel_gate(self, out_free, in_free):
         # 1 - min(cum_out, cum_in) = max(free_out, free_in).
@@ -451,7 +463,7 @@ class MaskedConv2DTranspose(_MaskedLayer):
 
     def kernel_shape(self, in_units):
         k = self.kernel_size
-        return (k, k, self.capacity, in_units)
+        return (k, k, self.out_units, in_units)
 
     def kernel_gate(self, out_free, in_free):
         gate = ops.maximum(out_free[:, None], in_free[None, :])
@@ -468,12 +480,14 @@ class MaskedConv2DTranspose(_MaskedLayer):
             shape[0],
             self._output_size(shape[1]),
             self._output_size(shape[2]),
-            self.capacity,
+            self.out_units,
         ])
         y = tf.nn.conv2d_transpose(
             x, self.kernel, out, self.strides, padding=self.padding.upper()
         )
-        return tf.ensure_shape(y, self.compute_output_shape(x.shape))
+        return tf.ensure_shape(
+            y, (*self.compute_output_shape(x.shape)[:-1], self.out_units)
+        )
 
     def compute_output_shape(self, input_shape):
         def size(n):
