@@ -424,9 +424,7 @@ class DGM(ContinualModel):
         The global draw depends on (seed, salt, step) only, so the steps of
         one replica and of several are the same.
         """
-        ctx = tf.distribute.get_replica_context()
-        replicas = ctx.num_replicas_in_sync if ctx else 1
-        rid = ctx.replica_id_in_sync_group if ctx else 0
+        replicas, rid = _replica()
         seed = tf.stack([
             tf.constant(self.seed * 1009 + salt, tf.int64),
             ops.cast(self.optimizer.iterations, "int64"),
@@ -436,20 +434,18 @@ class DGM(ContinualModel):
             draw = tf.random.stateless_normal(shape, seed)
         else:
             draw = tf.random.stateless_uniform(shape, seed)
-        start = ops.cast(rid, "int32") * local_n
+        start = rid * local_n
         return draw[start:start + local_n]
 
     def _replay_labels(self, local_batch):
         """Labels of this replica's share of the replayed examples."""
-        ctx = tf.distribute.get_replica_context()
-        replicas = ctx.num_replicas_in_sync if ctx else 1
-        rid = ctx.replica_id_in_sync_group if ctx else 0
+        replicas, rid = _replica()
         class_task = ops.convert_to_tensor(self._class_task)
         past = tf.where((class_task >= 0) & (class_task < self.task))[:, 0]
         per_class = self.replay_per_class or local_batch * replicas
         labels = tf.repeat(ops.cast(past, "int32"), per_class)
         local_n = tf.size(labels) // replicas
-        start = ops.cast(rid, "int32") * local_n
+        start = rid * local_n
         return labels[start:start + local_n], local_n
 
     def train_step(self, data):
@@ -756,6 +752,15 @@ class DGM(ContinualModel):
             "seed": self.seed,
             "epochs_per_task": self.epochs_per_task,
         }
+
+
+def _replica():
+    """(replicas in sync, this replica's index as an int32 tensor)."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None:
+        return 1, tf.constant(0, tf.int32)
+    rid = tf.cast(ctx.replica_id_in_sync_group, tf.int32)
+    return ctx.num_replicas_in_sync, rid
 
 
 def _summed_cross_entropy(labels, logits):
