@@ -150,6 +150,27 @@ def test_help_documents_the_contract_flags_and_names(trainer_runs):
 
 
 # In-process: the resolved RunConfig -----------------------------------------
+def test_every_setting_has_a_flag():
+    """Each RunConfig field is a flag of the same name (method and
+    benchmark have their own), so no setting is out of users' reach."""
+    import dataclasses
+
+    from cl_zoo.config import RunConfig
+    from flags import common
+
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    assert fields - {"method", "benchmark"} == set(common.CONFIG_FLAGS)
+
+
+@flagsaver.flagsaver(
+    method="dgm", benchmark="class_incremental_mnist", model_dir="/tmp/u",
+    fast=True, generator_units=["32", "16"],
+)
+def test_build_config_fast_preset_and_generator_units():
+    config = train.build_config()
+    assert (config.epochs, config.replay_per_class) == (2, 16)
+    assert config.generator_units == (32, 16) and config.adam_beta1 == 0.5
+
 
 
 @flagsaver.flagsaver(

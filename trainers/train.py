@@ -77,8 +77,9 @@ def parse_sweep(text):
 
     key, sep, values = (text or "").partition("=")
     fields = {f.name: f for f in dataclasses.fields(RunConfig)}
-    if key not in common.CONFIG_FLAGS or key in ("model_dir", "hidden_units",
-                                                 "overwrite"):
+    if key not in common.CONFIG_FLAGS or key in (
+            "model_dir", "hidden_units", "generator_units", "overwrite",
+            "fast"):
         _fail(f"--sweep={text}: expected KEY=V1,V2,... with KEY a setting "
               "of one value (e.g. spp_lambda, epsilon, epochs, seed).")
     if not sep or not values:
