@@ -52,6 +52,20 @@ def _positive_int(name, value):
         )
 
 
+def reset_optimizer_slots(optimizer):
+    """Zeroes an optimizer's slots (momentum, Adam moments), keeping its
+    step count and learning rate; a no-op before it is built."""
+    if optimizer is None or not optimizer.built:
+        return
+    keep = {id(optimizer.iterations)}
+    lr = getattr(optimizer, "_learning_rate", None)
+    if isinstance(lr, keras.Variable):
+        keep.add(id(lr))
+    for var in optimizer.variables:
+        if id(var) not in keep:
+            var.assign(ops.zeros_like(var))
+
+
 class MethodState:
     """Variables a method keeps between tasks that inference never reads.
 
@@ -535,14 +549,7 @@ class ContinualModel(keras.Model):
             self.build_method_state()
         self.task.assign(task)
         self.frozen.assign(1.0 if task > 0 else 0.0)
-        if self.optimizer is not None and self.optimizer.built:
-            keep = {id(self.optimizer.iterations)}
-            lr = getattr(self.optimizer, "_learning_rate", None)
-            if isinstance(lr, keras.Variable):
-                keep.add(id(lr))
-            for var in self.optimizer.variables:
-                if id(var) not in keep:
-                    var.assign(ops.zeros_like(var))
+        reset_optimizer_slots(self.optimizer)
         if self.consolidation is not None:
             self.consolidation.begin_task(self, task, benchmark)
 

@@ -38,7 +38,7 @@ from absl import logging
 from keras import ops
 
 from cl_zoo.layers.masked import MaskedConv2DTranspose
-from cl_zoo.methods.base import ContinualModel
+from cl_zoo.methods.base import ContinualModel, reset_optimizer_slots
 from cl_zoo.methods.registry import register
 
 _MASKED_LOGIT = -1e9
@@ -539,13 +539,7 @@ class DGM(ContinualModel):
     # Task hooks.
     def begin_task(self, task, benchmark=None):
         super().begin_task(task, benchmark)
-        opt = self.generator_optimizer
-        if opt is not None and opt.built:
-            keep = {id(opt.iterations)}
-            for var in opt.variables:
-                if id(var) not in keep and var is not getattr(
-                        opt, "_learning_rate", None):
-                    var.assign(ops.zeros_like(var))
+        reset_optimizer_slots(self.generator_optimizer)
         if self.reinit_discriminator and task > 0:
             self._redraw_discriminator(task)
         seen = np.zeros(self.num_classes, np.float32)
