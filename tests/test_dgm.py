@@ -346,3 +346,20 @@ def test_killed_run_resumes_to_the_same_results(tmp_path, ci_benchmark,
     assert resumed["accuracy_matrix"] == straight["accuracy_matrix"]
     assert resumed["extra"] == straight["extra"]
     assert len(resumed["extra"]["unit_counts"]) == 3
+
+
+@pytest.mark.parametrize("cls", [MaskedDense, MaskedConv2DTranspose])
+def test_output_layer_starts_each_task_from_the_previous(cls):
+    """Unmasked (the output layer): one kernel per task; task t starts as
+    task t-1 ended, and the examples of each task use their own."""
+    layer = cls(2, num_tasks=3, masked=False)
+    shape = (None, 3) if cls is MaskedDense else (None, 2, 2, 3)
+    layer.build(shape)
+    x = tf.random.stateless_normal((2, *shape[1:]), seed=[1, 2])
+    before = layer(x, tf.constant([0, 1])).numpy()
+    assert not np.allclose(before[0], before[1])  # distinct kernels
+    layer.bias.assign(layer.bias.numpy() + [[0.5, -1.0], [0, 0], [0, 0]])
+    layer.start_task(1)
+    same = layer(tf.stack([x[1], x[1]]), tf.constant([0, 1])).numpy()
+    np.testing.assert_array_equal(same[0], same[1])
+    assert layer.gradient_multipliers(None, 1.0, 1.0) == {}

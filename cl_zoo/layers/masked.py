@@ -341,13 +341,25 @@ class _MaskedLayer(keras.layers.Layer):
     # ------------------------------------------------------------------
     # Between tasks (eager).
     def start_task(self, task):
-        """Records the units in use while `task` trains."""
+        """Before `task` trains: records the units in use (masked), or
+        starts the task's kernel and bias from the previous task's
+        (unmasked: a fresh output layer would paint every pixel at
+        sigmoid(0) = 0.5 and take most of the task to unlearn it)."""
+        task = int(task)
         if self.masked:
             self.sizes.assign(
                 ops.scatter_update(
-                    self.sizes, [[int(task)]], [int(self.active.numpy())]
+                    self.sizes, [[task]], [int(self.active.numpy())]
                 )
             )
+        elif task > 0:
+            c = self.capacity
+            kernel = np.moveaxis(self.kernel.numpy(), self.out_axis, 0)
+            kernel[task * c:(task + 1) * c] = kernel[(task - 1) * c:task * c]
+            self.kernel.assign(np.moveaxis(kernel, 0, self.out_axis))
+            bias = self.bias.numpy()
+            bias[task] = bias[task - 1]
+            self.bias.assign(bias)
 
     def finish_task(self, task):
         """Binarises the task's gate; returns units it newly reserved."""
@@ -421,6 +433,7 @@ class MaskedDense(_MaskedLayer):
     """A dense layer with per-task unit gates (see `_MaskedLayer`)."""
 
     in_axis = 0
+    out_axis = 1
 
     def kernel_shape(self, in_units):
         return (in_units, self.out_units)
@@ -448,6 +461,7 @@ class MaskedConv2DTranspose(_MaskedLayer):
     """
 
     in_axis = 3
+    out_axis = 2
 
     def __init__(self, units, num_tasks, kernel_size=4, strides=2,
                  padding="same", **kwargs):

@@ -548,6 +548,7 @@ class DGM(ContinualModel):
         self.seen.assign(seen)
         if self.optimizer is not None:
             self.task_start.assign(self.optimizer.iterations)
+        self.generator.output_layer.start_task(task)
         size, free = 0, 0
         for layer in self.generator.masked_layers:
             layer.start_task(task)
