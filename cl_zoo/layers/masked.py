@@ -95,6 +95,11 @@ def _check_positive_int(name, value):
 class _MaskedLayer(keras.layers.Layer):
     """Per-task unit gates, cumulative masks and growth; see module doc.
 
+    A subclass defines the op: `kernel_shape(in_units)`, `linear(x)`,
+    `kernel_gate(out_free, in_free)` (the `1 - cum` of the output and input
+    units to the kernel's gradient multiplier), and the kernel's `in_axis`
+    and `out_axis`.
+
     Args:
         units: units in use at the start (the free capacity kept by DGM's
             growth).
@@ -137,17 +142,6 @@ class _MaskedLayer(keras.layers.Layer):
             raise ValueError("Only masked layers take batch_norm=True.")
         self.activation = keras.activations.get(activation)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
-
-    # Subclasses: the kernel's shape and the op.
-    def kernel_shape(self, in_units):
-        raise NotImplementedError
-
-    def kernel_gate(self, out_free, in_free):
-        """`(1 - cum)` of the output and input units -> kernel multiplier."""
-        raise NotImplementedError
-
-    def linear(self, x):
-        raise NotImplementedError
 
     def build(self, input_shape):
         in_units = int(input_shape[-1])

@@ -624,13 +624,6 @@ class DGM(ContinualModel):
 
     # ------------------------------------------------------------------
     # Inspection, export and results.
-    def unit_counts(self, task):
-        """Fig. 6 of the paper: free / reused / new units per layer."""
-        return {
-            layer.name: layer.unit_counts(task)
-            for layer in self.generator.masked_layers
-        }
-
     def sample_grid(self, classes, per_class=8, seed=0):
         """A uint8 image grid: one row of `per_class` samples per class."""
         labels = np.repeat(np.asarray(classes, np.int32), per_class)
@@ -654,7 +647,8 @@ class DGM(ContinualModel):
         with open(os.path.join(model_dir, f"generated_task{task + 1}.png"),
                   "wb") as f:
             f.write(png)
-        for name, counts in self.unit_counts(task).items():
+        growth_log = self.growth_log  # Fig. 6 of the paper
+        for name, counts in growth_log[task]["layers"].items():
             for key in ("free", "reused", "new"):
                 tf.summary.scalar(f"units/{name}/{key}", counts[key],
                                   step=step)
@@ -666,7 +660,7 @@ class DGM(ContinualModel):
                 f"mask_gate/{layer.name}", ops.sigmoid(self.s_max * e),
                 step=step,
             )
-        png = _unit_counts_png(self.growth_log)
+        png = _unit_counts_png(growth_log)
         if png is not None:
             with open(os.path.join(model_dir, "dgm_units.png"), "wb") as f:
                 f.write(png)
