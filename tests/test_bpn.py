@@ -202,6 +202,14 @@ def test_presets_round_trip(name, tiny_benchmark, tmp_path,
 
 def test_storage_is_the_frozen_rows(tiny_benchmark):
     split = resolve_config(get_method("bd_ewc"), "split_mnist", {})
+    # The swept defaults of docs/RESULTS.md; a flag the user sets wins.
+    assert (split.epsilon, split.lr, split.ewc_lambda) == (0.1, 3e-4, 1000.0)
+    assert split.fisher_normalize == "max" and split.bias_hidden == 200
+    assert resolve_config(get_method("gd_ewc"), "split_mnist", {}).lr == 3e-4
+    assert resolve_config(get_method("bd_psp"), "split_mnist", {}).lr == 1e-3
+    assert resolve_config(
+        get_method("bd_ewc"), "split_mnist", {"lr": 1e-3}
+    ).lr == 1e-3
     model = BPN(
         input_shape=(28, 28, 1), num_classes=10,
         task_classes=[[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]],
