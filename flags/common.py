@@ -71,7 +71,8 @@ def define_run_flags():
     flags.DEFINE_float(
         "lr", None,
         "Learning rate of the main optimizer. Default 1e-3 (3e-4 for "
-        "bd_ewc and gd_ewc on split_mnist).",
+        "bd_ewc and gd_ewc on split_mnist, 1e-4 for ad_ewc on "
+        "disjoint_mnist).",
     )
     flags.DEFINE_string(
         "optimizer", None,
@@ -165,7 +166,8 @@ def define_run_flags():
         "for the benchmark (BPN: 0.1 on split_mnist and permuted_mnist, 0.01 "
         "for bd_psp on split_mnist, 0.3 on gaussian_clusters, 0.01 "
         "elsewhere; "
-        "ad/ad_ewc: 0.001, a choice of ours: the paper does not give it).",
+        "ad and ad_ewc: 0.1 on disjoint_mnist, 0.001 elsewhere; the papers "
+        "do not give it).",
     )
     flags.DEFINE_string(
         "bias_layers", None,

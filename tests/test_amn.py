@@ -219,7 +219,8 @@ def test_storage_is_units_and_weights_per_task():
     assert config.hidden_units == (300,) * 5 and config.epochs == 20
     assert config.memory_units == 9 and config.head == "shared"
     assert config.consolidation == "ewc" and config.memory_update == "sign"
-    assert (config.epsilon, config.ewc_lambda) == (1.0, 1000.0)
+    assert (config.epsilon, config.ewc_lambda, config.lr) == (0.1, 1000.0,
+                                                              1e-4)
     assert resolve_config(get_method("ad"), "disjoint_mnist", {}).epsilon == 0.1
     model = AMN(
         input_shape=(28, 28, 1), num_classes=10,
