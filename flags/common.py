@@ -70,9 +70,11 @@ def define_run_flags():
                          "(global, over all replicas). Default 128.")
     flags.DEFINE_float(
         "lr", None,
-        "Learning rate of the main optimizer. Default 1e-3 (3e-4 for "
-        "bd_ewc and gd_ewc on split_mnist, 1e-4 for ad_ewc on "
-        "disjoint_mnist).",
+        "Learning rate of the main optimizer. Default 1e-3, or the "
+        "method's for the benchmark: 3e-4 for bd_ewc and gd_ewc on "
+        "split_mnist, 1e-4 for ad_ewc on disjoint_mnist, 2e-3 for dgm, "
+        "0.1 (SGD) for spp, si, mas, lwf and gem on split_mnist and "
+        "permuted_mnist.",
     )
     flags.DEFINE_string(
         "optimizer", None,
