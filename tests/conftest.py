@@ -2,6 +2,8 @@
 and tiny benchmarks that train in seconds."""
 
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -74,6 +76,26 @@ def _assert_round_trips(model, x, path):
 def assert_round_trips():
     """`_assert_round_trips`, shared by the tests of every method."""
     return _assert_round_trips
+
+
+# Not os.path.realpath: under Bazel the runfiles tree is the repository.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run_trainer(*args, timeout=300):
+    """`python -m trainers.train ARGS` from the repository root, output
+    captured (a `CompletedProcess`)."""
+    return subprocess.run(
+        [sys.executable, "-m", "trainers.train", *args],
+        cwd=REPO_ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def run_trainer():
+    """`_run_trainer`, shared by the tests that run the trainer's command."""
+    return _run_trainer
 
 
 @pytest.fixture

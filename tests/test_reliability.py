@@ -6,8 +6,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -20,9 +18,6 @@ from cl_zoo import train_lib
 from cl_zoo.config import ConfigError, resolve_config
 from cl_zoo.methods import get_method, method_names
 from trainers import train
-
-# Not os.path.realpath: under Bazel the runfiles tree is the repository.
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # gem and dgm have their own replica tests (test_gem.py, test_dgm.py).
 OWN_REPLICA_TESTS = ("gem", "dgm")
@@ -451,19 +446,11 @@ _TOY_ARGS = ("--method=finetune", "--benchmark=gaussian_clusters",
              "--epochs=1", "--hidden_units=8", "--verbose=0")
 
 
-def _trainer(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "trainers.train", *args],
-        cwd=REPO_ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
-        capture_output=True, text=True, timeout=300,
-    )
-
-
-def test_trainer_exits_2_on_a_corrupt_run(tmp_path):
+def test_trainer_exits_2_on_a_corrupt_run(tmp_path, run_trainer):
     """The trainer ends with exit status 2 and one line for a truncated
     checkpoint and for a garbled progress.json of an unfinished run."""
     base = str(tmp_path / "base")
-    proc = _trainer(*_TOY_ARGS, f"--model_dir={base}")
+    proc = run_trainer(*_TOY_ARGS, f"--model_dir={base}")
     assert proc.returncode == 0, proc.stderr
     _edit_progress(status="running")(base, None)
     with open(os.path.join(base, "progress.json")) as f:
@@ -476,7 +463,7 @@ def test_trainer_exits_2_on_a_corrupt_run(tmp_path):
         corrupt(str(tmp_path / case),
                 str(tmp_path / case / "checkpoints" / name))
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        procs = {case: pool.submit(_trainer, *_TOY_ARGS,
+        procs = {case: pool.submit(run_trainer, *_TOY_ARGS,
                                    f"--model_dir={tmp_path / case}")
                  for case in cases}
     for case, (_, fragment) in cases.items():

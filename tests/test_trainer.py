@@ -9,8 +9,6 @@ import); `build_config` is also tested in-process with `flagsaver`.
 import concurrent.futures
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 from absl.testing import flagsaver
@@ -18,9 +16,6 @@ from absl.testing import flagsaver
 from cl_zoo import benchmarks
 from cl_zoo.methods import method_names
 from trainers import train
-
-# Not os.path.realpath: under Bazel the runfiles tree is the repository.
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # TensorFlow's C++ start-up lines (absl/glog format), which no environment
 # variable silences before absl::InitializeLog runs.
@@ -81,20 +76,8 @@ CONTRACT_FLAGS = (
 )
 
 
-def _run_trainer(args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run(
-        [sys.executable, "-m", "trainers.train", *args],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 @pytest.fixture(scope="module")
-def trainer_runs(tmp_path_factory):
+def trainer_runs(tmp_path_factory, run_trainer):
     """Runs every bad command line and `--help`, two at a time."""
     root = tmp_path_factory.mktemp("trainer_runs")
     commands = {}
@@ -106,7 +89,7 @@ def trainer_runs(tmp_path_factory):
     commands["help"] = (("--help",), None)
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         futures = {
-            case: pool.submit(_run_trainer, args)
+            case: pool.submit(run_trainer, *args, timeout=120)
             for case, (args, _) in commands.items()
         }
         return {
