@@ -82,11 +82,11 @@ def assert_round_trips():
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run_trainer(*args, timeout=300):
-    """`python -m trainers.train ARGS` from the repository root, output
-    captured (a `CompletedProcess`)."""
+def _run_trainer(*args, timeout=300, module="trainers.train"):
+    """`python -m trainers.train ARGS` (or another `module`) from the
+    repository root, output captured (a `CompletedProcess`)."""
     return subprocess.run(
-        [sys.executable, "-m", "trainers.train", *args],
+        [sys.executable, "-m", module, *args],
         cwd=REPO_ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
         capture_output=True, text=True, timeout=timeout,
     )

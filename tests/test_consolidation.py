@@ -236,3 +236,49 @@ def test_quadratic_penalty_gradient_is_closed_form():
                                rtol=1e-5)
     np.testing.assert_allclose(gb, 2 * weights[1] * (b.numpy() - anchors[1]),
                                rtol=1e-5)
+
+
+class _TapeEWC(EWC):
+    """EWC whose penalty goes through the gradient tape (the reference)."""
+
+    closed_form_gradient = False
+
+
+@pytest.mark.parametrize("method", ["ewc", "bd_ewc"])
+def test_closed_form_penalty_step_matches_the_tape(tiny_benchmark, method):
+    """The train step's closed-form penalty gradient, added to the tape's,
+    takes the step that differentiating `loss + penalty` takes."""
+
+    def train(consolidation_cls):
+        keras.utils.set_random_seed(0)
+        model = get_method(method)(
+            input_shape=tiny_benchmark.input_shape,
+            num_classes=tiny_benchmark.num_classes,
+            task_classes=tiny_benchmark.task_classes,
+            hidden_units=(16, 16),
+            consolidation=consolidation_cls(50.0, fisher_samples=32),
+        )
+        model.build_for_inputs()
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.05),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        model.build_optimizers()
+        model.begin_task(0, tiny_benchmark)
+        model.fit(tiny_benchmark.train_dataset(0, 16), epochs=1, verbose=0,
+                  shuffle=False)
+        model.end_task(0, tiny_benchmark)
+        model.begin_task(1, tiny_benchmark)
+        history = model.fit(tiny_benchmark.train_dataset(1, 16), epochs=2,
+                            verbose=0, shuffle=False)
+        return [v.numpy() for v in model.trainable_variables], history.history
+
+    closed_weights, closed_logs = train(EWC)
+    tape_weights, tape_logs = train(_TapeEWC)
+    assert EWC.closed_form_gradient and not _TapeEWC.closed_form_gradient
+    assert closed_logs["penalty"][-1] > 0
+    for key in ("loss", "penalty"):
+        np.testing.assert_allclose(closed_logs[key], tape_logs[key],
+                                   rtol=1e-4)
+    for closed, tape in zip(closed_weights, tape_weights):
+        np.testing.assert_allclose(closed, tape, rtol=1e-4, atol=1e-6)

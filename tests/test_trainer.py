@@ -251,3 +251,30 @@ def test_bad_sweep_exits_2(sweep, fragment, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and fragment in err, err
+
+
+def test_bench_step_prints_wall_and_cpu_ratios(run_trainer):
+    result = run_trainer(
+        "--method=bd_ewc", "--benchmark=gaussian_clusters", "--steps=3",
+        "--repeats=2", module="trainers.bench_step",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    for clock in ("wall", "cpu"):
+        match = re.search(
+            rf"^{clock}: ratio bd_ewc / plain: ([0-9.]+) \(median\), "
+            r"([0-9.]+) \(min\)$", result.stdout, re.MULTILINE,
+        )
+        assert match, result.stdout
+        assert all(float(v) > 0 for v in match.groups())
+
+
+@pytest.mark.parametrize("flag, fragment", [
+    ("--benchmark=nope", "Unknown benchmark 'nope'"),
+    ("--method=nope", "Unknown method 'nope'"),
+])
+def test_bench_step_bad_names_exit_2(run_trainer, flag, fragment):
+    result = run_trainer(flag, "--steps=1", "--repeats=1",
+                         module="trainers.bench_step")
+    assert result.returncode == 2
+    assert fragment in result.stderr
+    assert "Traceback" not in result.stderr
