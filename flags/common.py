@@ -152,7 +152,8 @@ def define_run_flags():
     flags.DEFINE_integer(
         "bias_hidden", None,
         "BPN: H, the inner size of the bias-unit factors M_t (1xH) @ W_t "
-        "(HxK). Default 200 (128 on permuted_mnist).",
+        "(HxK). Default 200 (bd_ewc and gd_ewc on split_mnist 25, "
+        "permuted_mnist 128).",
     )
     flags.DEFINE_string(
         "bias_update", None,

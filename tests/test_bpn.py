@@ -204,7 +204,9 @@ def test_storage_is_the_frozen_rows(tiny_benchmark):
     split = resolve_config(get_method("bd_ewc"), "split_mnist", {})
     # The swept defaults of docs/RESULTS.md; a flag the user sets wins.
     assert (split.epsilon, split.lr, split.ewc_lambda) == (0.1, 3e-4, 1000.0)
-    assert split.fisher_normalize == "max" and split.bias_hidden == 200
+    assert split.fisher_normalize == "max" and split.bias_hidden == 25
+    assert resolve_config(get_method("bd_psp"), "split_mnist",
+                          {}).bias_hidden == 200
     assert resolve_config(get_method("gd_ewc"), "split_mnist", {}).lr == 3e-4
     assert resolve_config(get_method("bd_psp"), "split_mnist", {}).lr == 1e-3
     assert resolve_config(

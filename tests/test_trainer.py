@@ -256,9 +256,11 @@ def test_bad_sweep_exits_2(sweep, fragment, capsys):
 def test_bench_step_prints_wall_and_cpu_ratios(run_trainer):
     result = run_trainer(
         "--method=bd_ewc", "--benchmark=gaussian_clusters", "--steps=3",
-        "--repeats=2", module="trainers.bench_step",
+        "--repeats=2", "--set=bias_hidden=7,consolidation=none",
+        module="trainers.bench_step",
     )
     assert result.returncode == 0, result.stderr[-2000:]
+    assert "set: bias_hidden=7, consolidation=none" in result.stdout
     for clock in ("wall", "cpu"):
         match = re.search(
             rf"^{clock}: ratio bd_ewc / plain: ([0-9.]+) \(median\), "
@@ -271,6 +273,9 @@ def test_bench_step_prints_wall_and_cpu_ratios(run_trainer):
 @pytest.mark.parametrize("flag, fragment", [
     ("--benchmark=nope", "Unknown benchmark 'nope'"),
     ("--method=nope", "Unknown method 'nope'"),
+    ("--set=bias_hidden=x", "cannot read 'x' as int"),
+    ("--set=nope=1", "KEY a run setting; got 'nope=1'"),
+    ("--set=epsilon=-1", "epsilon"),
 ])
 def test_bench_step_bad_names_exit_2(run_trainer, flag, fragment):
     result = run_trainer(flag, "--steps=1", "--repeats=1",

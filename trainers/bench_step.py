@@ -1,7 +1,8 @@
 r"""Times a method's training step against a plain Keras MLP of the same shape.
 
     python -m trainers.bench_step --method=bd_ewc --benchmark=split_mnist \
-        [--steps=200] [--repeats=5] [--batch_size=128]
+        [--steps=200] [--repeats=5] [--batch_size=128] \
+        [--set=bias_hidden=200,consolidation=none]
 
 Both models get the same layers' shapes, optimizer, batch size and in-memory
 batches, and are timed in alternation in one process (`model.fit` over a
@@ -35,6 +36,48 @@ flags.DEFINE_integer("repeats", 5, "Timings per model (median reported).")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_boolean("jit_compile", False, "Compile both models' train "
                      "steps with XLA.")
+flags.DEFINE_list("set", [], "Settings of the method's run config that "
+                  "win over its defaults, as KEY=VALUE pairs (e.g. "
+                  "bias_hidden=200,consolidation=none).")
+
+
+def _parse_settings(pairs):
+    """`["k=v", ...]` into a dict typed like `RunConfig`'s fields."""
+    import dataclasses
+
+    from cl_zoo.config import ConfigError, RunConfig
+
+    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
+    out = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or key not in fields:
+            raise ConfigError(
+                f"--set expects KEY=VALUE with KEY a run setting; got "
+                f"{pair!r}."
+            )
+        default = getattr(RunConfig(), key)
+        if not isinstance(default, (bool, int, float, str)):
+            raise ConfigError(
+                f"--set {key}: only number, string and boolean settings "
+                "can be set here."
+            )
+        try:
+            if isinstance(default, bool):
+                if text.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(text)
+                value = text.lower() in ("true", "1")
+            elif isinstance(default, (int, float)):
+                value = type(default)(text)
+            else:
+                value = text
+        except ValueError:
+            raise ConfigError(
+                f"--set {key}: cannot read {text!r} as "
+                f"{type(default).__name__}."
+            ) from None
+        out[key] = value
+    return out
 
 
 def _plain_mlp(input_shape, hidden_units, num_classes, activation):
@@ -83,8 +126,10 @@ def main(argv):
     tf.get_logger().setLevel("ERROR")
     try:
         cls = get_method(FLAGS.method)
-        config = resolve_config(cls, FLAGS.benchmark,
-                                {"batch_size": FLAGS.batch_size})
+        config = resolve_config(
+            cls, FLAGS.benchmark,
+            {**_parse_settings(FLAGS.set), "batch_size": FLAGS.batch_size},
+        )
         bm = benchmarks.get_benchmark(FLAGS.benchmark, seed=config.seed)
     except (benchmarks.BenchmarkError, ConfigError,
             UnknownMethodError) as e:
@@ -128,6 +173,10 @@ def main(argv):
     print(f"benchmark {FLAGS.benchmark}, layers {config.hidden_units}, "
           f"batch {FLAGS.batch_size}, optimizer {config.optimizer}, "
           f"{params} weights, {FLAGS.repeats} x {FLAGS.steps} steps")
+    if FLAGS.set:
+        print("set: " + ", ".join(
+            f"{key}={getattr(config, key)}" for key in _parse_settings(
+                FLAGS.set)))
     for label, clock in (("wall", 0), ("cpu", 1)):
         _report(label, [t[clock] for t in times["method"]],
                 [t[clock] for t in times["plain"]])

@@ -189,9 +189,11 @@ def _bpn_defaults(benchmark, consolidation):
         # scale; these are the best of the split-MNIST sweep in
         # docs/RESULTS.md. At Adam's usual 1e-3 the second task wipes out
         # the first (whose activations, trained without a penalty, are the
-        # largest), and what comes back later is a lottery.
+        # largest), and what comes back later is a lottery. H 25, the low
+        # end of the paper's range for MNIST, did as well as 50-200 on
+        # three seeds and makes the factors' optimizer state 8x smaller.
         defaults.update({"epsilon": 0.1, "lr": 3e-4, "ewc_lambda": 1000.0,
-                         "fisher_normalize": "max"})
+                         "fisher_normalize": "max", "bias_hidden": 25})
     if benchmark == "gaussian_clusters":
         defaults.update({"epsilon": 0.3, "ewc_lambda": 1000.0,
                          "fisher_normalize": "max"})
