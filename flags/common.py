@@ -37,6 +37,53 @@ CONFIG_FLAGS = (
 )
 
 
+def _fmt(value):
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _join(words):
+    words = list(words)
+    return words[0] if len(words) == 1 else (
+        ", ".join(words[:-1]) + " and " + words[-1])
+
+
+def method_defaults_help(key):
+    """`"Default D; M1 on B1: V1; ..."` for a flag's help, read from the
+    RunConfig default, the benchmarks' protocols and every method's
+    `default_config`, so the help cannot drift from the code."""
+    from cl_zoo.benchmarks import BENCHMARKS
+    from cl_zoo.config import RunConfig
+    from cl_zoo.methods import get_method, method_names
+
+    base = getattr(RunConfig(), key)
+    found = {}  # value -> method -> benchmarks where the method uses it
+    for name in method_names():
+        cls = get_method(name)
+        for benchmark in BENCHMARKS:
+            value = {**BENCHMARK_DEFAULTS.get(benchmark, {}),
+                     **cls.default_config(benchmark)}.get(key, base)
+            if value != base:
+                found.setdefault(value, {}).setdefault(name, []).append(
+                    benchmark)
+    parts = []
+    for value, methods in sorted(found.items()):
+        groups = {}  # the same benchmarks -> the methods
+        for name, where in methods.items():
+            groups.setdefault(tuple(where), []).append(name)
+        phrases = []
+        for where, names in groups.items():
+            rest = [b for b in BENCHMARKS if b not in where]
+            if not rest:
+                phrases.append(_join(names))
+            elif len(rest) < len(where):
+                phrases.append(f"{_join(names)} except on {_join(rest)}")
+            else:
+                phrases.append(f"{_join(names)} on {_join(where)}")
+        parts.append(f"{_fmt(value)} for {', '.join(phrases)}")
+    text = f"Default {_fmt(base)}"
+    return text + (" (" + "; ".join(parts) + ")." if parts else ".")
+
+
 def define_run_flags():
     """Defines the flags of `python -m trainers.train`."""
     from cl_zoo.benchmarks import BENCHMARKS
@@ -70,17 +117,14 @@ def define_run_flags():
                          "(global, over all replicas). Default 128.")
     flags.DEFINE_float(
         "lr", None,
-        "Learning rate of the main optimizer. Default 1e-3, or the "
-        "method's for the benchmark: 3e-4 for bd_ewc and gd_ewc on "
-        "split_mnist, 1e-4 for ad_ewc on disjoint_mnist, 2e-3 for dgm, "
-        "0.1 (SGD) for spp, si, mas, lwf and gem on split_mnist and "
-        "permuted_mnist.",
+        "Learning rate of the main optimizer. "
+        + method_defaults_help("lr"),
     )
     flags.DEFINE_string(
         "optimizer", None,
         f"Optimizer, one of: {', '.join(OPTIMIZERS)} (momentum = SGD with "
         "momentum 0.9). Its slots are reset at the start of every task. "
-        "Default adam.",
+        + method_defaults_help("optimizer"),
     )
     flags.DEFINE_integer("seed", None, "Seed of initialization, data order "
                          "and permutations. Default 0.")
@@ -152,8 +196,7 @@ def define_run_flags():
     flags.DEFINE_integer(
         "bias_hidden", None,
         "BPN: H, the inner size of the bias-unit factors M_t (1xH) @ W_t "
-        "(HxK). Default 200 (bd_ewc and gd_ewc on split_mnist 25, "
-        "permuted_mnist 128).",
+        "(HxK). " + method_defaults_help("bias_hidden"),
     )
     flags.DEFINE_string(
         "bias_update", None,
@@ -165,12 +208,8 @@ def define_run_flags():
         "epsilon", None,
         "Step of the sign updates: BPN's bias-unit factors M_t (beneficial "
         "direction) and AMN's memory units X_t (adversarial direction), "
-        "v -= epsilon * sign(grad) per training step. Default: the method's "
-        "for the benchmark (BPN: 0.1 on split_mnist and permuted_mnist, 0.01 "
-        "for bd_psp on split_mnist, 0.3 on gaussian_clusters, 0.01 "
-        "elsewhere; "
-        "ad and ad_ewc: 0.1 on disjoint_mnist, 0.001 elsewhere; the papers "
-        "do not give it).",
+        "v -= epsilon * sign(grad) per training step (the papers do not "
+        "give it). " + method_defaults_help("epsilon"),
     )
     flags.DEFINE_string(
         "bias_layers", None,

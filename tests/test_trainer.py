@@ -283,3 +283,30 @@ def test_bench_step_bad_names_exit_2(run_trainer, flag, fragment):
     assert result.returncode == 2
     assert fragment in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_help_lists_every_methods_own_default():
+    """The per-method defaults in --lr/--epsilon/... help come from the
+    code: every method whose resolved default differs is named."""
+    from cl_zoo.config import RunConfig, resolve_config
+    from cl_zoo.methods import get_method
+    from flags.common import method_defaults_help
+
+    for key in ("lr", "epsilon", "bias_hidden"):
+        text = method_defaults_help(key)
+        base = getattr(RunConfig(), key)
+        assert text.startswith(f"Default {base:g}")
+        for name in method_names():
+            differs = any(
+                getattr(resolve_config(get_method(name), b, {}), key) != base
+                for b in benchmarks.BENCHMARKS
+            )
+            named = re.search(rf"\b{name}\b", text) is not None
+            assert named == differs, (key, name, text)
+    assert "0.001 for ad and ad_ewc except on disjoint_mnist" in \
+        method_defaults_help("epsilon")
+    assert "25 for bd_ewc and gd_ewc on split_mnist" in \
+        method_defaults_help("bias_hidden")
+    assert method_defaults_help("optimizer") == (
+        "Default adam (sgd for gem, lwf, mas, si and spp on permuted_mnist "
+        "and split_mnist).")
