@@ -164,25 +164,34 @@ def test_ewc_end_task_updates_state(tiny_benchmark, online):
     )
 
 
+def _compiled_model(method, benchmark, hidden_units, consolidation,
+                    optimizer):
+    """A seeded `method` model with `consolidation`, compiled for `fit`."""
+    keras.utils.set_random_seed(0)
+    model = get_method(method)(
+        input_shape=benchmark.input_shape,
+        num_classes=benchmark.num_classes,
+        task_classes=benchmark.task_classes,
+        hidden_units=hidden_units,
+        consolidation=consolidation,
+    )
+    model.build_for_inputs()
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    model.build_optimizers()
+    return model
+
+
 def test_ewc_penalty_holds_old_weights(tiny_benchmark):
     """With a huge lambda, task 2 barely moves the weights task 1 needs."""
 
     def drift(strength):
-        keras.utils.set_random_seed(0)
-        cls = get_method("ewc")
-        model = cls(
-            input_shape=tiny_benchmark.input_shape,
-            num_classes=tiny_benchmark.num_classes,
-            task_classes=tiny_benchmark.task_classes,
-            hidden_units=(16,),
-            consolidation=EWC(strength, fisher_samples=64),
+        model = _compiled_model(
+            "ewc", tiny_benchmark, (16,), EWC(strength, fisher_samples=64),
+            keras.optimizers.Adam(0.01),
         )
-        model.build_for_inputs()
-        model.compile(
-            optimizer=keras.optimizers.Adam(0.01),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        )
-        model.build_optimizers()
         model.begin_task(0, tiny_benchmark)
         model.fit(tiny_benchmark.train_dataset(0, 16), epochs=3, verbose=0,
                   shuffle=False)
@@ -250,20 +259,11 @@ def test_closed_form_penalty_step_matches_the_tape(tiny_benchmark, method):
     takes the step that differentiating `loss + penalty` takes."""
 
     def train(consolidation_cls):
-        keras.utils.set_random_seed(0)
-        model = get_method(method)(
-            input_shape=tiny_benchmark.input_shape,
-            num_classes=tiny_benchmark.num_classes,
-            task_classes=tiny_benchmark.task_classes,
-            hidden_units=(16, 16),
-            consolidation=consolidation_cls(50.0, fisher_samples=32),
+        model = _compiled_model(
+            method, tiny_benchmark, (16, 16),
+            consolidation_cls(50.0, fisher_samples=32),
+            keras.optimizers.SGD(0.05),
         )
-        model.build_for_inputs()
-        model.compile(
-            optimizer=keras.optimizers.SGD(0.05),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        )
-        model.build_optimizers()
         model.begin_task(0, tiny_benchmark)
         model.fit(tiny_benchmark.train_dataset(0, 16), epochs=1, verbose=0,
                   shuffle=False)
