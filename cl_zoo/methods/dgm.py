@@ -195,9 +195,12 @@ class DGM(ContinualModel):
     @classmethod
     def default_config(cls, benchmark):
         del benchmark
+        # The authors' Adam lr is 2e-3 (with ~100 epochs per task on a GPU);
+        # with 10 epochs a quarter of it gave A10 94.96 % against 87.03 %
+        # on class-incremental MNIST (docs/RESULTS.md).
         return {
             "optimizer": "adam",
-            "lr": 2e-3,
+            "lr": 5e-4,
             "adam_beta1": 0.5,
             "batch_size": 64,
             "epochs": 10,
@@ -208,7 +211,7 @@ class DGM(ContinualModel):
 
     @classmethod
     def fast_config(cls, benchmark):
-        """`--fast`: 2 epochs per task and a lighter replay (about 7 minutes
+        """`--fast`: 2 epochs per task and a lighter replay (about 6 minutes
         of training on class-incremental MNIST with 2 CPU cores)."""
         del benchmark
         return {"epochs": 2, "replay_per_class": 16}
