@@ -209,6 +209,9 @@ def test_storage_is_the_frozen_rows(tiny_benchmark):
                           {}).bias_hidden == 200
     assert resolve_config(get_method("gd_ewc"), "split_mnist", {}).lr == 3e-4
     assert resolve_config(get_method("bd_psp"), "split_mnist", {}).lr == 1e-3
+    for name in ("psp", "bd_psp"):
+        permuted = resolve_config(get_method(name), "permuted_mnist", {})
+        assert permuted.lr == 1e-4 and permuted.epsilon == 0.01
     assert resolve_config(
         get_method("bd_ewc"), "split_mnist", {"lr": 1e-3}
     ).lr == 1e-3

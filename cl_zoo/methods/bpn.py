@@ -234,4 +234,7 @@ class BDPSP(BPN):
         if benchmark == "split_mnist":
             # Best of the BD+PSP runs in docs/RESULTS.md (eps 0.01-1).
             defaults["epsilon"] = 0.01
+        if benchmark == "permuted_mnist":
+            # PSP's learning rate (see `psp`) and the best eps at it.
+            defaults.update({"lr": 1e-4, "epsilon": 0.01})
         return defaults

@@ -17,7 +17,12 @@ class PSP(ContinualModel):
 
     @classmethod
     def default_config(cls, benchmark):
-        return {"head": "single", "consolidation": "none"}
+        defaults = {"head": "single", "consolidation": "none"}
+        if benchmark == "permuted_mnist":
+            # Adam at 1e-3 collapses on 100 tasks (12.6 %); 1e-4 gave 43.0 %
+            # (the lr sweep in docs/RESULTS.md).
+            defaults["lr"] = 1e-4
+        return defaults
 
     def __init__(self, *args, key_seed=0, **kwargs):
         self.key_seed = int(key_seed)
