@@ -130,6 +130,33 @@ BENCHMARK_DEFAULTS = {
 
 _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 
+_BOOLEANS = {"1": True, "true": True, "yes": True,
+             "0": False, "false": False, "no": False}
+_PARSERS = {"int": int, "int | None": int, "float": float, "str": str,
+            "str | None": str}
+
+
+def setting_type(key):
+    """The type of setting `key` as `RunConfig` declares it, e.g. "int"."""
+    return _FIELDS[key].type
+
+
+def parse_setting(key, text):
+    """`text` (a command-line word) as the value of setting `key`.
+
+    Numbers, booleans (1/true/yes, 0/false/no) and strings; raises
+    ValueError when `text` does not read as the setting's type, or the
+    setting is not of one value (`hidden_units`).
+    """
+    kind = setting_type(key)
+    if kind == "bool":
+        if text.lower() not in _BOOLEANS:
+            raise ValueError(f"{text!r} is not a boolean")
+        return _BOOLEANS[text.lower()]
+    if kind not in _PARSERS:
+        raise ValueError(f"{key} is not a setting of one value")
+    return _PARSERS[kind](text)
+
 
 def _check(config: RunConfig):
     def fail(name, value, allowed):

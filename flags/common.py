@@ -48,9 +48,10 @@ def _join(words):
 
 
 def method_defaults_help(key):
-    """`"Default D; M1 on B1: V1; ..."` for a flag's help, read from the
-    RunConfig default, the benchmarks' protocols and every method's
-    `default_config`, so the help cannot drift from the code."""
+    """`"Default D (V1 for M1 and M2 on B1, M3; V2 for ...)."` for a
+    flag's help, read from the RunConfig default, the benchmarks' protocols
+    and every method's `default_config`, so the help cannot drift from the
+    code."""
     from cl_zoo.benchmarks import BENCHMARKS
     from cl_zoo.config import RunConfig
     from cl_zoo.methods import get_method, method_names

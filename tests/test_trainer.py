@@ -241,6 +241,7 @@ def test_sweep_makes_one_config_per_value():
         ("spp_lambda", "give the values"),
         ("epochs=1,x", "type int"),
         ("lr_decay=0.5,2", "--lr_decay=2.0"),
+        ("export=true,maybe", "type bool"),
     ],
 )
 def test_bad_sweep_exits_2(sweep, fragment, capsys):

@@ -45,9 +45,14 @@ def _parse_settings(pairs):
     """`["k=v", ...]` into a dict typed like `RunConfig`'s fields."""
     import dataclasses
 
-    from cl_zoo.config import ConfigError, RunConfig
+    from cl_zoo.config import (
+        ConfigError,
+        RunConfig,
+        parse_setting,
+        setting_type,
+    )
 
-    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
     out = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
@@ -56,27 +61,19 @@ def _parse_settings(pairs):
                 f"--set expects KEY=VALUE with KEY a run setting; got "
                 f"{pair!r}."
             )
-        default = getattr(RunConfig(), key)
-        if not isinstance(default, (bool, int, float, str)):
+        if not isinstance(getattr(RunConfig(), key),
+                          (bool, int, float, str)):
             raise ConfigError(
                 f"--set {key}: only number, string and boolean settings "
                 "can be set here."
             )
         try:
-            if isinstance(default, bool):
-                if text.lower() not in ("true", "false", "1", "0"):
-                    raise ValueError(text)
-                value = text.lower() in ("true", "1")
-            elif isinstance(default, (int, float)):
-                value = type(default)(text)
-            else:
-                value = text
+            out[key] = parse_setting(key, text)
         except ValueError:
             raise ConfigError(
                 f"--set {key}: cannot read {text!r} as "
-                f"{type(default).__name__}."
+                f"{setting_type(key)}."
             ) from None
-        out[key] = value
     return out
 
 
@@ -126,9 +123,10 @@ def main(argv):
     tf.get_logger().setLevel("ERROR")
     try:
         cls = get_method(FLAGS.method)
+        settings = _parse_settings(FLAGS.set)
         config = resolve_config(
             cls, FLAGS.benchmark,
-            {**_parse_settings(FLAGS.set), "batch_size": FLAGS.batch_size},
+            {**settings, "batch_size": FLAGS.batch_size},
         )
         bm = benchmarks.get_benchmark(FLAGS.benchmark, seed=config.seed)
     except (benchmarks.BenchmarkError, ConfigError,
@@ -173,10 +171,9 @@ def main(argv):
     print(f"benchmark {FLAGS.benchmark}, layers {config.hidden_units}, "
           f"batch {FLAGS.batch_size}, optimizer {config.optimizer}, "
           f"{params} weights, {FLAGS.repeats} x {FLAGS.steps} steps")
-    if FLAGS.set:
+    if settings:
         print("set: " + ", ".join(
-            f"{key}={getattr(config, key)}" for key in _parse_settings(
-                FLAGS.set)))
+            f"{key}={getattr(config, key)}" for key in settings))
     for label, clock in (("wall", 0), ("cpu", 1)):
         _report(label, [t[clock] for t in times["method"]],
                 [t[clock] for t in times["plain"]])

@@ -71,12 +71,9 @@ def parse_flags(argv):
 
 def parse_sweep(text):
     """`KEY=V1,V2` -> (key, [values as the setting's type]); exits 2 if bad."""
-    import dataclasses
-
-    from cl_zoo.config import RunConfig
+    from cl_zoo.config import parse_setting, setting_type
 
     key, sep, values = (text or "").partition("=")
-    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
     if key not in common.CONFIG_FLAGS or key in (
             "model_dir", "hidden_units", "generator_units", "overwrite",
             "fast"):
@@ -84,16 +81,11 @@ def parse_sweep(text):
               "of one value (e.g. spp_lambda, epsilon, epochs, seed).")
     if not sep or not values:
         _fail(f"--sweep={text}: give the values, e.g. --sweep={key}=1,2.")
-    kind = fields[key].type
-    parse = {"int": int, "float": float, "int | None": int}.get(
-        kind, str)
-    if kind == "bool":
-        def parse(v):
-            return v.lower() in ("1", "true", "yes")
     try:
-        return key, [parse(v) for v in values.split(",")]
+        return key, [parse_setting(key, v) for v in values.split(",")]
     except ValueError:
-        _fail(f"--sweep={text}: the values of {key} must be of type {kind}.")
+        _fail(f"--sweep={text}: the values of {key} must be of type "
+              f"{setting_type(key)}.")
 
 
 def build_config(extra=None):

@@ -439,7 +439,9 @@ class ContinualModel(keras.Model):
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         if (self.consolidation is not None
                 and self.consolidation.closed_form_gradient):
-            loss, grads = self._add_penalty_gradients(loss, grads, variables)
+            loss, grads = self._add_penalty_gradients(
+                loss, grads, variables, replicas
+            )
         self._loss_tracker.update_state(
             loss * replicas,
             sample_weight=tf.shape(tf.nest.flatten(x)[0])[0],
@@ -452,7 +454,7 @@ class ContinualModel(keras.Model):
             logs["penalty"] = self._penalty_tracker.result()
         return logs
 
-    def _add_penalty_gradients(self, loss, grads, variables):
+    def _add_penalty_gradients(self, loss, grads, variables, replicas):
         """The consolidation's penalty and its closed-form gradient.
 
         The same as differentiating `loss + penalty / replicas` with the
@@ -462,7 +464,6 @@ class ContinualModel(keras.Model):
         """
         penalty, penalty_grads = self.consolidation.penalty_and_gradients()
         self._penalty_tracker.update_state(penalty)
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
         coef = self.optimizer.scale_loss(
             ops.convert_to_tensor(1.0 / replicas, "float32")
         )
