@@ -78,6 +78,7 @@ class RunConfig:
     noise_dim: int = 128
     generator_batch_norm: bool = True
     s_max: float = 1e5
+    s_anneal: str = "step"
     mask_lambda: float = 0.01
     gp_weight: float = 1.0
     replay_per_class: int = 0
@@ -199,6 +200,8 @@ def _check(config: RunConfig):
              "a number >= 1 (units allocated per initial unit)")
     if not (math.isfinite(config.s_max) and config.s_max >= 1.0):
         fail("s_max", config.s_max, "a number >= 1")
+    if config.s_anneal not in ("step", "epoch"):
+        fail("s_anneal", config.s_anneal, "step or epoch")
     for name in ("mask_lambda", "gp_weight"):
         value = getattr(config, name)
         if not (math.isfinite(value) and value >= 0):

@@ -274,6 +274,21 @@ class RunCheckpoint:
                               ignore_errors=True)
 
 
+class _LearningRateDecay(keras.callbacks.Callback):
+    """lr * decay**epoch on the model's optimizer and on its extra ones
+    (DGM's generator optimizer), unlike Keras's LearningRateScheduler,
+    which sets `model.optimizer` only."""
+
+    def __init__(self, base, decay):
+        super().__init__()
+        self.base, self.decay = base, decay
+
+    def on_epoch_begin(self, epoch, logs=None):
+        lr = self.base * self.decay**epoch
+        for opt in (self.model.optimizer, *self.model.extra_optimizers()):
+            opt.learning_rate = lr
+
+
 class _EpochCheckpoint(keras.callbacks.Callback):
     """Saves a checkpoint and the progress after every epoch."""
 
@@ -459,9 +474,7 @@ class ContinualRun:
         base, decay = self.config.lr, self.config.lr_decay
         if decay == 1.0:
             return []
-        return [keras.callbacks.LearningRateScheduler(
-            lambda epoch, lr: base * decay**epoch
-        )]
+        return [_LearningRateDecay(base, decay)]
 
     # Logging ------------------------------------------------------------
     def _log_text(self):

@@ -30,7 +30,7 @@ CONFIG_FLAGS = (
     "lwf_temperature", "memory_size", "gem_margin", "lr_decay", "dropout",
     "adam_beta1", "generator_units", "generator_capacity", "noise_dim",
     "generator_batch_norm",
-    "s_max", "mask_lambda", "gp_weight", "replay_per_class",
+    "s_max", "s_anneal", "mask_lambda", "gp_weight", "replay_per_class",
     "reinit_discriminator", "classify_fakes", "fast",
     "eval_batch_size", "eval_examples", "export", "verbose",
     "overwrite", "model_dir",
@@ -304,8 +304,16 @@ def define_run_flags():
     flags.DEFINE_float(
         "s_max", None,
         "DGM: final scale of the mask gates sigmoid(s * e); s is annealed "
-        "linearly over each task's steps from 1/s_max. Default 1e5 (the "
+        "linearly from 1/s_max (see --s_anneal). Default 1e5 (the "
         "authors' MNIST setting).",
+    )
+    flags.DEFINE_string(
+        "s_anneal", None,
+        "DGM: how s grows within a task. step: linearly over the task's "
+        "steps, so the gates are nearly binary after a few steps; epoch: "
+        "the paper's s = 1/s_max + (s_max - 1/s_max) * i / I with i the "
+        "task's epoch and I its epochs, so the whole first epoch trains "
+        "soft gates. Default step.",
     )
     flags.DEFINE_float(
         "mask_lambda", None,

@@ -104,6 +104,28 @@ def test_gates_follow_the_task_and_binarise(ci_benchmark):
                                   [0, 0, 0, 0, 1, 1])
 
 
+@pytest.mark.parametrize("anneal", ["step", "epoch"])
+def test_gate_scale_follows_the_anneal_schedule(ci_benchmark, anneal):
+    """step: s linear in the task's steps; epoch (the paper's): constant
+    within each epoch, 1/s_max + (s_max - 1/s_max) * i / I."""
+    model = _build(ci_benchmark, s_anneal=anneal, epochs=3, s_max=100.0)
+    model.begin_task(0, ci_benchmark)
+    model.train_dataset(0, ci_benchmark, 16)  # 3 steps per epoch
+    low = 1 / 100.0
+    scales = []
+    for step in range(10):
+        model.optimizer.iterations.assign(step)
+        scales.append(float(model.gate_scale()))
+    if anneal == "step":
+        expected = [low + (100 - low) * min(k / 8, 1.0) for k in range(10)]
+    else:
+        expected = [low + (100 - low) * min(k // 3 / 3, 1.0)
+                    for k in range(10)]
+    np.testing.assert_allclose(scales, expected, rtol=1e-5)
+    with pytest.raises(ConfigError, match="s_anneal"):
+        _config(s_anneal="batch")
+
+
 def test_masked_conv_round_trips_and_counts():
     layer = MaskedConv2DTranspose(3, num_tasks=2, capacity=5, kernel_size=4,
                                   strides=2, name="up")
@@ -244,6 +266,15 @@ def test_run_writes_results_samples_and_generator_export(tmp_path,
     x, _ = ci_benchmark.test_arrays(2)
     scores = classifier.signatures["serving_default"](x=x[:4])["scores"]
     assert scores.shape == (4, 3)
+
+
+def test_lr_decay_reaches_the_generator_optimizer(ci_benchmark):
+    model = _build(ci_benchmark)
+    decay = train_lib._LearningRateDecay(1e-3, 0.5)
+    decay.set_model(model)
+    decay.on_epoch_begin(3)
+    for opt in (model.optimizer, model.generator_optimizer):
+        assert float(opt.learning_rate) == pytest.approx(1.25e-4)
 
 
 def test_a5_and_a10_weigh_classes_by_test_examples():

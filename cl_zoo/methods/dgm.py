@@ -181,6 +181,9 @@ class DGM(ContinualModel):
         generator_batch_norm: per-task batch normalization in the
             generator's masked layers (the authors').
         s_max: final scale of the mask gates.
+        s_anneal: "step" (s linear in the task's steps) or "epoch" (the
+            paper's: s constant within an epoch, `1/s_max + (s_max -
+            1/s_max) * i / I` in the task's epoch i of I).
         mask_lambda: weight of the sparsity regularizer (lambda_G).
         gp_weight: weight of the WGAN-GP gradient penalty.
         replay_per_class: generated examples per earlier class and step
@@ -224,6 +227,7 @@ class DGM(ContinualModel):
             "noise_dim": config.noise_dim,
             "generator_batch_norm": config.generator_batch_norm,
             "s_max": config.s_max,
+            "s_anneal": config.s_anneal,
             "mask_lambda": config.mask_lambda,
             "gp_weight": config.gp_weight,
             "replay_per_class": config.replay_per_class,
@@ -241,6 +245,7 @@ class DGM(ContinualModel):
         noise_dim=128,
         generator_batch_norm=True,
         s_max=1e5,
+        s_anneal="step",
         mask_lambda=0.01,
         gp_weight=1.0,
         replay_per_class=0,
@@ -278,7 +283,13 @@ class DGM(ContinualModel):
         self.generator_capacity = float(generator_capacity)
         self.noise_dim = int(noise_dim)
         self.generator_batch_norm = bool(generator_batch_norm)
+        if s_anneal not in ("step", "epoch"):
+            raise ValueError(
+                "Expected s_anneal 'step' or 'epoch'. Received: "
+                f"s_anneal={s_anneal!r}"
+            )
         self.s_max = float(s_max)
+        self.s_anneal = s_anneal
         self.mask_lambda = float(mask_lambda)
         self.gp_weight = float(gp_weight)
         self.replay_per_class = int(replay_per_class)
@@ -314,6 +325,9 @@ class DGM(ContinualModel):
         )
         self.anneal_steps = keras.Variable(
             1.0, trainable=False, name="anneal_steps"
+        )
+        self.steps_per_epoch = keras.Variable(
+            1.0, trainable=False, name="steps_per_epoch"
         )
         # Weight of the sparsity term: network size / free units.
         self.reg_weight = keras.Variable(
@@ -416,10 +430,17 @@ class DGM(ContinualModel):
         return list(self._trackers.values())
 
     def gate_scale(self):
-        """s, linear in the task's steps from 1/s_max to s_max."""
+        """s, from 1/s_max to s_max: linear in the task's steps, or (the
+        paper's) in its epochs, constant within each."""
         step = ops.cast(self.optimizer.iterations - self.task_start, "float32")
-        progress = ops.minimum(step / ops.maximum(self.anneal_steps - 1, 1),
-                               1.0)
+        if self.s_anneal == "epoch":
+            epochs = ops.maximum(
+                ops.round(self.anneal_steps / self.steps_per_epoch), 1.0)
+            epoch = ops.floor(step / ops.maximum(self.steps_per_epoch, 1.0))
+            progress = ops.minimum(epoch / epochs, 1.0)
+        else:
+            progress = ops.minimum(
+                step / ops.maximum(self.anneal_steps - 1, 1), 1.0)
         low = 1.0 / self.s_max
         return low + (self.s_max - low) * progress
 
@@ -578,6 +599,7 @@ class DGM(ContinualModel):
         steps = int(dataset.cardinality())
         if steps > 0:
             self.anneal_steps.assign(float(steps * self.epochs_per_task))
+            self.steps_per_epoch.assign(float(steps))
         return dataset
 
     def end_task(self, task, benchmark=None):
@@ -738,6 +760,7 @@ class DGM(ContinualModel):
             "noise_dim": self.noise_dim,
             "generator_batch_norm": self.generator_batch_norm,
             "s_max": self.s_max,
+            "s_anneal": self.s_anneal,
             "mask_lambda": self.mask_lambda,
             "gp_weight": self.gp_weight,
             "replay_per_class": self.replay_per_class,
