@@ -74,7 +74,7 @@ class RunConfig:
     gem_margin: float = 0.5
     # DGM: the generator, its masks and the GAN's losses.
     generator_units: tuple[int, ...] = (64, 32)
-    generator_capacity: float = 3.0
+    generator_capacity: tuple[float, ...] = (3.0,)
     noise_dim: int = 128
     generator_batch_norm: bool = True
     s_max: float = 1e5
@@ -102,6 +102,7 @@ class RunConfig:
         out = dataclasses.asdict(self)
         out["hidden_units"] = list(self.hidden_units)
         out["generator_units"] = list(self.generator_units)
+        out["generator_capacity"] = list(self.generator_capacity)
         return out
 
     def to_json(self):
@@ -135,6 +136,14 @@ _BOOLEANS = {"1": True, "true": True, "yes": True,
              "0": False, "false": False, "no": False}
 _PARSERS = {"int": int, "int | None": int, "float": float, "str": str,
             "str | None": str}
+_ITEM_PARSERS = {"tuple[int, ...]": int, "tuple[float, ...]": float}
+
+
+def float_tuple(value):
+    """A number, or a sequence of them, as a tuple of floats."""
+    if isinstance(value, (int, float)):
+        return (float(value),)
+    return tuple(float(v) for v in value)
 
 
 def setting_type(key):
@@ -145,17 +154,18 @@ def setting_type(key):
 def parse_setting(key, text):
     """`text` (a command-line word) as the value of setting `key`.
 
-    Numbers, booleans (1/true/yes, 0/false/no) and strings; raises
-    ValueError when `text` does not read as the setting's type, or the
-    setting is not of one value (`hidden_units`).
+    Numbers, booleans (1/true/yes, 0/false/no), strings, and lists of
+    numbers with ':' between the items (`hidden_units=200:100`, since the
+    callers split their words at commas); raises ValueError when `text`
+    does not read as the setting's type.
     """
     kind = setting_type(key)
     if kind == "bool":
         if text.lower() not in _BOOLEANS:
             raise ValueError(f"{text!r} is not a boolean")
         return _BOOLEANS[text.lower()]
-    if kind not in _PARSERS:
-        raise ValueError(f"{key} is not a setting of one value")
+    if kind in _ITEM_PARSERS:
+        return tuple(_ITEM_PARSERS[kind](item) for item in text.split(":"))
     return _PARSERS[kind](text)
 
 
@@ -194,10 +204,13 @@ def _check(config: RunConfig):
     if not config.generator_units or min(config.generator_units) < 1:
         fail("generator_units", ",".join(map(str, config.generator_units)),
              "a comma-separated list of positive integers")
-    if not (math.isfinite(config.generator_capacity)
-            and config.generator_capacity >= 1.0):
-        fail("generator_capacity", config.generator_capacity,
-             "a number >= 1 (units allocated per initial unit)")
+    capacity = config.generator_capacity
+    if (not capacity
+            or len(capacity) not in (1, len(config.generator_units))
+            or not all(math.isfinite(c) and c >= 1.0 for c in capacity)):
+        fail("generator_capacity", ",".join(map(str, capacity)),
+             "numbers >= 1 (units allocated per initial unit): one for "
+             "every masked layer, or one per entry of --generator_units")
     if not (math.isfinite(config.s_max) and config.s_max >= 1.0):
         fail("s_max", config.s_max, "a number >= 1")
     if config.s_anneal not in ("step", "epoch"):
@@ -289,6 +302,9 @@ def resolve_config(method_cls, benchmark: str, overrides: dict) -> RunConfig:
     for key in ("hidden_units", "generator_units"):
         if key in values:
             values[key] = tuple(int(u) for u in values[key])
+    if "generator_capacity" in values:
+        values["generator_capacity"] = float_tuple(
+            values["generator_capacity"])
     config = RunConfig(**values)
     _check(config)
     return config

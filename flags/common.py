@@ -15,6 +15,7 @@ from cl_zoo.config import (
     OPTIMIZERS,
     STRATEGIES,
     ConfigError,
+    float_tuple,
 )
 
 # Flags whose value becomes the RunConfig field of the same name.
@@ -287,11 +288,13 @@ def define_run_flags():
         "divide by 2**len. Growth keeps this much free capacity after every "
         "task. Default 64,32.",
     )
-    flags.DEFINE_float(
+    flags.DEFINE_list(
         "generator_capacity", None,
         "DGM: units allocated per masked layer, as a multiple of its "
-        "initial units: the room growth has. A full layer stops growing "
-        "(with a warning). Default 3.",
+        "initial units: the room growth has. One number for every layer, "
+        "or one per entry of --generator_units. A full layer stops growing "
+        "(with a warning). The compute is that of the allocated units. "
+        "Default 3.",
     )
     flags.DEFINE_integer("noise_dim", None, "DGM: size of the generator's "
                          "noise z. Default 128.")
@@ -374,6 +377,14 @@ def config_overrides(flag_values):
                 raise ConfigError(
                     f"--{name}={','.join(value)} is not allowed: "
                     "expected a comma-separated list of positive integers."
+                ) from None
+        if name == "generator_capacity" and value is not None:
+            try:
+                value = float_tuple(value)
+            except ValueError:
+                raise ConfigError(
+                    f"--{name}={','.join(value)} is not allowed: "
+                    "expected a comma-separated list of numbers >= 1."
                 ) from None
         out[name] = value
     return out

@@ -207,6 +207,17 @@ def test_growth_stops_at_capacity_with_a_warning(ci_benchmark, monkeypatch):
     assert warnings and "--generator_capacity" in warnings[0]
 
 
+def test_capacity_per_layer(ci_benchmark):
+    """One multiple for every layer, or one per layer (units 6 and 4)."""
+    model = _build(ci_benchmark, generator_capacity=(2.0, 3.5))
+    assert [layer.capacity for layer in model.generator.masked_layers] == [
+        12, 14]
+    assert model.get_config()["generator_capacity"] == [2.0, 3.5]
+    assert _config(generator_capacity=2).generator_capacity == (2.0,)
+    with pytest.raises(ConfigError, match="one per entry"):
+        _config(generator_capacity=(2.0, 3.0, 4.0))
+
+
 # Distribution ---------------------------------------------------------------
 def _fixed(model, benchmark, task, steps=2):
     batches = list(model.train_dataset(task, benchmark, 16, seed=task)

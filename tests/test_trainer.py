@@ -238,6 +238,7 @@ def test_sweep_makes_one_config_per_value():
     [
         ("nope=1,2", "expected KEY=V1,V2"),
         ("hidden_units=1,2", "expected KEY=V1,V2"),
+        ("generator_capacity=2,3", "expected KEY=V1,V2"),
         ("spp_lambda", "give the values"),
         ("epochs=1,x", "type int"),
         ("lr_decay=0.5,2", "--lr_decay=2.0"),
@@ -257,11 +258,14 @@ def test_bad_sweep_exits_2(sweep, fragment, capsys):
 def test_bench_step_prints_wall_and_cpu_ratios(run_trainer):
     result = run_trainer(
         "--method=bd_ewc", "--benchmark=gaussian_clusters", "--steps=3",
-        "--repeats=2", "--set=bias_hidden=7,consolidation=none",
+        "--repeats=2",
+        "--set=bias_hidden=7,consolidation=none,hidden_units=16:8",
         module="trainers.bench_step",
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "set: bias_hidden=7, consolidation=none" in result.stdout
+    assert ("set: bias_hidden=7, consolidation=none, hidden_units=(16, 8)"
+            in result.stdout)
+    assert "layers (16, 8)" in result.stdout
     for clock in ("wall", "cpu"):
         match = re.search(
             rf"^{clock}: ratio bd_ewc / plain: ([0-9.]+) \(median\), "
@@ -271,12 +275,22 @@ def test_bench_step_prints_wall_and_cpu_ratios(run_trainer):
         assert all(float(v) > 0 for v in match.groups())
 
 
+def test_parse_setting_reads_lists_with_colons():
+    from cl_zoo.config import parse_setting
+
+    assert parse_setting("generator_capacity", "6:2.5") == (6.0, 2.5)
+    assert parse_setting("hidden_units", "200:100") == (200, 100)
+    with pytest.raises(ValueError):
+        parse_setting("hidden_units", "2:x")
+
+
 @pytest.mark.parametrize("flag, fragment", [
     ("--benchmark=nope", "Unknown benchmark 'nope'"),
     ("--method=nope", "Unknown method 'nope'"),
     ("--set=bias_hidden=x", "cannot read 'x' as int"),
     ("--set=nope=1", "KEY a run setting; got 'nope=1'"),
     ("--set=epsilon=-1", "epsilon"),
+    ("--set=hidden_units=2:x", "cannot read '2:x' as tuple[int, ...]"),
 ])
 def test_bench_step_bad_names_exit_2(run_trainer, flag, fragment):
     result = run_trainer(flag, "--steps=1", "--repeats=1",

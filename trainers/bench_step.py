@@ -38,7 +38,8 @@ flags.DEFINE_boolean("jit_compile", False, "Compile both models' train "
                      "steps with XLA.")
 flags.DEFINE_list("set", [], "Settings of the method's run config that "
                   "win over its defaults, as KEY=VALUE pairs (e.g. "
-                  "bias_hidden=200,consolidation=none).")
+                  "bias_hidden=200,consolidation=none); a list takes ':' "
+                  "between its items (generator_capacity=6:2.5).")
 
 
 def _parse_settings(pairs):
@@ -60,12 +61,6 @@ def _parse_settings(pairs):
             raise ConfigError(
                 f"--set expects KEY=VALUE with KEY a run setting; got "
                 f"{pair!r}."
-            )
-        if not isinstance(getattr(RunConfig(), key),
-                          (bool, int, float, str)):
-            raise ConfigError(
-                f"--set {key}: only number, string and boolean settings "
-                "can be set here."
             )
         try:
             out[key] = parse_setting(key, text)

@@ -75,8 +75,8 @@ def parse_sweep(text):
 
     key, sep, values = (text or "").partition("=")
     if key not in common.CONFIG_FLAGS or key in (
-            "model_dir", "hidden_units", "generator_units", "overwrite",
-            "fast"):
+            "model_dir", "hidden_units", "generator_units",
+            "generator_capacity", "overwrite", "fast"):
         _fail(f"--sweep={text}: expected KEY=V1,V2,... with KEY a setting "
               "of one value (e.g. spp_lambda, epsilon, epochs, seed).")
     if not sep or not values:

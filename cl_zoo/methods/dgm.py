@@ -37,6 +37,7 @@ import tensorflow as tf
 from absl import logging
 from keras import ops
 
+from cl_zoo.config import float_tuple
 from cl_zoo.layers.masked import MaskedConv2DTranspose
 from cl_zoo.methods.base import ContinualModel, reset_optimizer_slots
 from cl_zoo.methods.registry import register
@@ -62,7 +63,8 @@ class DGMGenerator(keras.layers.Layer):
         num_tasks: tasks (mask rows).
         units: initial units (free capacity) of the masked layers.
         capacity: units allocated per masked layer, as a multiple of its
-            initial units (room to grow).
+            initial units (room to grow): one number for every layer, or
+            one per entry of `units`.
         noise_dim: size of z.
     """
 
@@ -73,7 +75,7 @@ class DGMGenerator(keras.layers.Layer):
         self.num_classes = int(num_classes)
         self.num_tasks = int(num_tasks)
         self.units = tuple(int(u) for u in units)
-        self.capacity = float(capacity)
+        self.capacity = float_tuple(capacity)
         self.noise_dim = int(noise_dim)
         self.batch_norm = bool(batch_norm)
         if len(self.image_shape) != 3:
@@ -85,11 +87,15 @@ class DGMGenerator(keras.layers.Layer):
             raise ValueError(
                 f"Expected positive generator units. Received: units={units!r}"
             )
-        if not self.capacity >= 1.0:
+        if (len(self.capacity) not in (1, len(self.units))
+                or not min(self.capacity) >= 1.0):
             raise ValueError(
-                "Expected capacity >= 1 (a multiple of the initial units). "
+                "Expected capacity >= 1 (a multiple of the initial units), "
+                "one number or one per layer. "
                 f"Received: capacity={capacity!r}"
             )
+        if len(self.capacity) == 1:
+            self.capacity = self.capacity * len(self.units)
         scale = 2 ** len(self.units)
         height, width, channels = self.image_shape
         if height % scale or width % scale or height != width:
@@ -107,7 +113,7 @@ class DGMGenerator(keras.layers.Layer):
                 kernel_size=height // scale if first else 4,
                 strides=1 if first else 2,
                 padding="valid" if first else "same",
-                capacity=int(math.ceil(n * self.capacity)),
+                capacity=int(math.ceil(n * self.capacity[i])),
                 activation="relu",
                 batch_norm=self.batch_norm,
                 name="project" if first else f"up_{i}",
@@ -162,7 +168,7 @@ class DGMGenerator(keras.layers.Layer):
             "num_classes": self.num_classes,
             "num_tasks": self.num_tasks,
             "units": list(self.units),
-            "capacity": self.capacity,
+            "capacity": list(self.capacity),
             "noise_dim": self.noise_dim,
             "batch_norm": self.batch_norm,
         }
@@ -175,8 +181,9 @@ class DGM(ContinualModel):
     Args:
         generator_units: initial units of the generator's masked layers.
         generator_capacity: units allocated per masked layer, as a multiple
-            of its initial units; growth past it is refused with a warning
-            (the free capacity then shrinks).
+            of its initial units (one number, or one per layer); growth
+            past it is refused with a warning (the free capacity then
+            shrinks).
         noise_dim: size of the generator's noise.
         generator_batch_norm: per-task batch normalization in the
             generator's masked layers (the authors').
@@ -280,7 +287,7 @@ class DGM(ContinualModel):
                     f"Received: {name}={value!r}"
                 )
         self.generator_units = tuple(int(u) for u in generator_units)
-        self.generator_capacity = float(generator_capacity)
+        self.generator_capacity = float_tuple(generator_capacity)
         self.noise_dim = int(noise_dim)
         self.generator_batch_norm = bool(generator_batch_norm)
         if s_anneal not in ("step", "epoch"):
@@ -756,7 +763,7 @@ class DGM(ContinualModel):
         return {
             **super().get_config(),
             "generator_units": list(self.generator_units),
-            "generator_capacity": self.generator_capacity,
+            "generator_capacity": list(self.generator_capacity),
             "noise_dim": self.noise_dim,
             "generator_batch_norm": self.generator_batch_norm,
             "s_max": self.s_max,
