@@ -405,3 +405,41 @@ def test_output_layer_starts_each_task_from_the_previous(cls):
     same = layer(tf.stack([x[1], x[1]]), tf.constant([0, 1])).numpy()
     np.testing.assert_array_equal(same[0], same[1])
     assert layer.gradient_multipliers(None, 1.0, 1.0) == {}
+
+
+# Scoring a generator with a reference classifier ------------------------------
+def test_reference_classifier_scores_what_a_generator_draws(tmp_path,
+                                                           ci_benchmark):
+    from trainers import score_generator
+
+    path = str(tmp_path / "ref" / "tiny.keras")
+    ref = score_generator.reference_classifier(ci_benchmark, path, epochs=8,
+                                               verbose=0)
+    assert os.path.exists(path)
+    assert score_generator.reference_test_accuracy(ref, ci_benchmark) > 0.9
+    # Cached: a second call loads the same weights.
+    again = score_generator.reference_classifier(ci_benchmark, path)
+    for a, b in zip(ref.get_weights(), again.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    real = {t: ci_benchmark.test_arrays(t)[0] for t in range(3)}
+
+    def faithful(labels, noise):  # real test images of each label
+        c = int(labels[0])
+        return real[c][np.arange(len(labels)) % len(real[c])]
+
+    def stuck(labels, noise):  # class 0's images, whatever the label
+        return faithful(tf.zeros_like(labels), noise)
+
+    good = score_generator.score(faithful, [0, 1, 2], ref, 4, samples=20)
+    assert set(good) == {0, 1, 2} and min(good.values()) > 0.9
+    bad = score_generator.score(stuck, [0, 1, 2], ref, 4, samples=20)
+    assert bad[0] > 0.9 and max(bad[1], bad[2]) < 0.1
+
+
+def test_score_generator_refuses_a_dir_without_a_dgm_export(tmp_path,
+                                                            run_trainer):
+    result = run_trainer(f"--runs={tmp_path}",
+                         module="trainers.score_generator")
+    assert result.returncode == 2
+    assert "not a finished DGM run" in result.stderr
+    assert "Traceback" not in result.stderr

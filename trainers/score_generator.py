@@ -1,0 +1,171 @@
+r"""Scores a DGM run's generator with a reference classifier.
+
+    python -m trainers.score_generator --runs='runs/dgm/*' \
+        [--samples=1000] [--reference_dir=~/.cache/cl_zoo/reference]
+
+For every run (a `--model_dir` of `--method=dgm` with its export), draws
+`--samples` images of every class the generator learned and reports the
+share that a reference classifier assigns to that class: a direct measure
+of how well the generator remembers each class, apart from how the
+continual classifier then learns from the samples. The reference is a
+small CNN trained on the benchmark's whole training set (every class at
+once, so it is not a continual learner; it is a yardstick) and cached in
+`--reference_dir` per benchmark; its own test accuracy is printed too.
+Prints one line per run: the per-class scores in % and their mean.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("runs", None, "DGM run directories, or globs of them.")
+flags.DEFINE_integer("samples", 1000, "Generated images per class.")
+flags.DEFINE_integer("reference_epochs", 3, "Epochs of the reference "
+                     "classifier's training (when it is not cached).")
+flags.DEFINE_string(
+    "reference_dir", os.path.join("~", ".cache", "cl_zoo", "reference"),
+    "Where the reference classifiers are cached, one per benchmark.",
+)
+flags.DEFINE_string("data_dir", None, "Data directory of the benchmarks "
+                    "(as the trainer's --data_dir).")
+flags.DEFINE_integer("seed", 0, "Seed of the noise and of the reference.")
+
+
+def reference_classifier(benchmark, path, epochs=3, seed=0, verbose=2):
+    """A CNN trained on every task's training data of `benchmark` at once,
+    loaded from `path` if it is there, else trained and saved there."""
+    import keras
+
+    if os.path.exists(path):
+        return keras.models.load_model(path)
+    keras.utils.set_random_seed(seed)
+    tasks = range(benchmark.num_tasks)
+    data = benchmark.joint_train_dataset(tasks, 128, seed=seed).map(
+        lambda inputs, y: (inputs["x"], y))
+    model = keras.Sequential([
+        keras.Input(benchmark.input_shape),
+        keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Flatten(),
+        keras.layers.Dropout(0.3),
+        keras.layers.Dense(benchmark.num_classes),
+    ])
+    model.compile(
+        optimizer="adam",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    model.fit(data, epochs=epochs, verbose=verbose, shuffle=False)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    model.save(path)
+    return model
+
+
+def reference_test_accuracy(reference, benchmark):
+    import numpy as np
+
+    hits, total = 0, 0
+    for t in range(benchmark.num_tasks):
+        x, y = benchmark.test_arrays(t)
+        predicted = np.argmax(reference.predict(x, verbose=0), axis=-1)
+        hits += int(np.sum(predicted == y))
+        total += len(y)
+    return hits / total
+
+
+def score(generate, classes, reference, noise_dim, samples=1000, seed=0):
+    """`{class: share of its generated images the reference calls it}`.
+
+    `generate(labels, noise)` returns images; the noise of class c is drawn
+    from the stateless seed (seed, c), so scores are repeatable.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    out = {}
+    for c in classes:
+        noise = tf.random.stateless_normal((samples, noise_dim),
+                                           seed=[seed, int(c)])
+        images = generate(tf.fill([samples], tf.constant(int(c))), noise)
+        predicted = np.argmax(reference.predict(images, verbose=0), axis=-1)
+        out[int(c)] = float(np.mean(predicted == c))
+    return out
+
+
+def _run_dirs(patterns):
+    dirs = []
+    for pattern in patterns:
+        matched = sorted(glob.glob(os.path.expanduser(pattern)))
+        if not matched:
+            raise FileNotFoundError(f"--runs: nothing matches {pattern!r}")
+        dirs += [d for d in matched if os.path.isdir(d)]
+    return dirs
+
+
+def main(argv):
+    del argv
+    import tensorflow as tf
+
+    from cl_zoo import benchmarks
+
+    tf.get_logger().setLevel("ERROR")
+    if not FLAGS.runs:
+        print("error: give --runs=DIR[,DIR...] (DGM run directories)",
+              file=sys.stderr)
+        sys.exit(2)
+    try:
+        runs = _run_dirs(FLAGS.runs)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    references = {}
+    for run in runs:
+        config_path = os.path.join(run, "config.json")
+        export = os.path.join(run, "export", "generator")
+        if not os.path.exists(config_path) or not os.path.isdir(export):
+            print(f"error: {run} is not a finished DGM run with its export "
+                  "(config.json and export/generator/); rerun it with "
+                  "--export", file=sys.stderr)
+            sys.exit(2)
+        with open(config_path) as f:
+            config = json.load(f)
+        name = config["benchmark"]
+        if name not in references:
+            bm = benchmarks.get_benchmark(
+                name, seed=config.get("seed", 0),
+                data_dir=FLAGS.data_dir or config.get("data_dir"))
+            path = os.path.join(os.path.expanduser(FLAGS.reference_dir),
+                                f"{name}.keras")
+            ref = reference_classifier(bm, path, FLAGS.reference_epochs,
+                                       FLAGS.seed)
+            print(f"reference classifier for {name}: test accuracy "
+                  f"{100 * reference_test_accuracy(ref, bm):.2f} %")
+            references[name] = (bm, ref)
+        bm, ref = references[name]
+        serve = tf.saved_model.load(export).signatures["serving_default"]
+        with open(os.path.join(run, "results.json")) as f:
+            done = len(json.load(f)["accuracy_matrix"])
+        classes = [c for t in range(done) for c in bm.task_classes[t]]
+        scores = score(
+            lambda labels, noise, serve=serve: serve(
+                label=labels, noise=noise)["images"],
+            classes, ref, config["noise_dim"], FLAGS.samples, FLAGS.seed,
+        )
+        values = list(scores.values())
+        print(f"{run}: " + " ".join(f"{c}:{100 * s:.1f}"
+                                    for c, s in scores.items())
+              + f"  mean {100 * sum(values) / len(values):.2f} %")
+
+
+if __name__ == "__main__":
+    app.run(main)
