@@ -294,7 +294,8 @@ def define_run_flags():
         "initial units: the room growth has. One number for every layer, "
         "or one per entry of --generator_units. A full layer stops growing "
         "(with a warning). The compute is that of the allocated units. "
-        "Default 3.",
+        "Default 8,2.5 (the first layer reserves the most units per task; "
+        "the second's compute grows with the first's size).",
     )
     flags.DEFINE_integer("noise_dim", None, "DGM: size of the generator's "
                          "noise z. Default 128.")
@@ -321,7 +322,8 @@ def define_run_flags():
     flags.DEFINE_float(
         "mask_lambda", None,
         "DGM: weight lambda_G of the mask sparsity regularizer (itself "
-        "weighted by network size / free units). Default 0.01.",
+        "weighted by network size / free units). Default 0.1 (the "
+        "paper's 0.01 let the first tasks take nearly all free units).",
     )
     flags.DEFINE_float("gp_weight", None, "DGM: weight of the WGAN-GP "
                        "gradient penalty. Default 1 (the authors').")
@@ -329,7 +331,7 @@ def define_run_flags():
         "replay_per_class", None,
         "DGM: generated examples of every earlier class per training step "
         "for the classifier (over all replicas). 0: as many as the batch "
-        "size, the authors' balance. Default 0 (16 with --fast).",
+        "size, the authors' balance. Default 32 (16 with --fast).",
     )
     flags.DEFINE_boolean(
         "reinit_discriminator", None,
