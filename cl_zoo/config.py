@@ -168,6 +168,8 @@ def parse_setting(key, text):
         return _BOOLEANS[text.lower()]
     if kind in _ITEM_PARSERS:
         return tuple(_ITEM_PARSERS[kind](item) for item in text.split(":"))
+    if kind not in _PARSERS:
+        raise ValueError(f"{key} cannot be read from one word")
     return _PARSERS[kind](text)
 
 

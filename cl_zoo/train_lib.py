@@ -288,6 +288,12 @@ class _LearningRateDecay(keras.callbacks.Callback):
         for opt in (self.model.optimizer, *self.model.extra_optimizers()):
             opt.learning_rate = lr
 
+    def on_epoch_end(self, epoch, logs=None):
+        # In the epoch's logs (TensorBoard's epoch_learning_rate), as
+        # Keras's scheduler does.
+        if logs is not None:
+            logs["learning_rate"] = float(self.model.optimizer.learning_rate)
+
 
 class _EpochCheckpoint(keras.callbacks.Callback):
     """Saves a checkpoint and the progress after every epoch."""
@@ -451,12 +457,14 @@ class ContinualRun:
                 verbose=config.verbose,
                 shuffle=False,  # the dataset is shuffled by the benchmark
                 callbacks=[
+                    # First, so the epoch's rate is in the logs the others
+                    # (TensorBoard) see.
+                    *self._lr_schedule(),
                     _Timer(self),
                     keras.callbacks.TensorBoard(
                         self.summary_dir, write_graph=False
                     ),
                     _EpochCheckpoint(self, task),
-                    *self._lr_schedule(),
                 ],
             )
         model.end_task(task, self.benchmark)

@@ -410,7 +410,7 @@ def test_output_layer_starts_each_task_from_the_previous(cls):
 # Scoring a generator with a reference classifier ------------------------------
 def test_reference_classifier_scores_what_a_generator_draws(tmp_path,
                                                            ci_benchmark):
-    from trainers import score_generator
+    from cl_zoo import generator_score as score_generator
 
     path = str(tmp_path / "ref" / "tiny.keras")
     ref = score_generator.reference_classifier(ci_benchmark, path, epochs=30,

@@ -441,10 +441,8 @@ class DGM(ContinualModel):
         paper's) in its epochs, constant within each."""
         step = ops.cast(self.optimizer.iterations - self.task_start, "float32")
         if self.s_anneal == "epoch":
-            epochs = ops.maximum(
-                ops.round(self.anneal_steps / self.steps_per_epoch), 1.0)
             epoch = ops.floor(step / ops.maximum(self.steps_per_epoch, 1.0))
-            progress = ops.minimum(epoch / epochs, 1.0)
+            progress = ops.minimum(epoch / max(self.epochs_per_task, 1), 1.0)
         else:
             progress = ops.minimum(
                 step / ops.maximum(self.anneal_steps - 1, 1), 1.0)
