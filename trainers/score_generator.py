@@ -73,19 +73,25 @@ def main(argv):
     references = {}
     for run in runs:
         config_path = os.path.join(run, "config.json")
+        results_path = os.path.join(run, "results.json")
         export = os.path.join(run, "export", "generator")
-        if not os.path.exists(config_path) or not os.path.isdir(export):
+        if not (os.path.exists(config_path) and os.path.exists(results_path)
+                and os.path.isdir(export)):
             print(f"error: {run} is not a finished DGM run with its export "
-                  "(config.json and export/generator/); rerun it with "
-                  "--export", file=sys.stderr)
+                  "(config.json, results.json and export/generator/); "
+                  "rerun it with --export", file=sys.stderr)
             sys.exit(2)
         with open(config_path) as f:
             config = json.load(f)
         name = config["benchmark"]
         if name not in references:
-            bm = benchmarks.get_benchmark(
-                name, seed=config.get("seed", 0),
-                data_dir=FLAGS.data_dir or config.get("data_dir"))
+            try:
+                bm = benchmarks.get_benchmark(
+                    name, seed=config.get("seed", 0),
+                    data_dir=FLAGS.data_dir or config.get("data_dir"))
+            except benchmarks.BenchmarkError as e:
+                print(f"error: {e}", file=sys.stderr)
+                sys.exit(2)
             path = os.path.join(os.path.expanduser(FLAGS.reference_dir),
                                 f"{name}.keras")
             ref = reference_classifier(bm, path, FLAGS.reference_epochs,
@@ -95,7 +101,7 @@ def main(argv):
             references[name] = (bm, ref)
         bm, ref = references[name]
         serve = tf.saved_model.load(export).signatures["serving_default"]
-        with open(os.path.join(run, "results.json")) as f:
+        with open(results_path) as f:
             done = len(json.load(f)["accuracy_matrix"])
         classes = [c for t in range(done) for c in bm.task_classes[t]]
         scores = score(
