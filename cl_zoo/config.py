@@ -139,6 +139,8 @@ _BOOLEANS = {"1": True, "true": True, "yes": True,
 _PARSERS = {"int": int, "int | None": int, "float": float, "str": str,
             "str | None": str}
 _ITEM_PARSERS = {"tuple[int, ...]": int, "tuple[float, ...]": float}
+# DGM's schedules of the gate scale s within a task (`--s_anneal`).
+S_ANNEAL_SCHEDULES = ("step", "epoch")
 
 
 def float_tuple(value):
@@ -151,6 +153,13 @@ def float_tuple(value):
 def setting_type(key):
     """The type of setting `key` as `RunConfig` declares it, e.g. "int"."""
     return _FIELDS[key].type
+
+
+def parse_list_setting(key, items):
+    """The words `items` as the value of list setting `key` (e.g.
+    `hidden_units`); raises ValueError when an item does not read as the
+    setting's item type."""
+    return tuple(_ITEM_PARSERS[setting_type(key)](item) for item in items)
 
 
 def parse_setting(key, text):
@@ -167,7 +176,7 @@ def parse_setting(key, text):
             raise ValueError(f"{text!r} is not a boolean")
         return _BOOLEANS[text.lower()]
     if kind in _ITEM_PARSERS:
-        return tuple(_ITEM_PARSERS[kind](item) for item in text.split(":"))
+        return parse_list_setting(key, text.split(":"))
     if kind not in _PARSERS:
         raise ValueError(f"{key} cannot be read from one word")
     return _PARSERS[kind](text)
@@ -217,8 +226,8 @@ def _check(config: RunConfig):
              "every masked layer, or one per entry of --generator_units")
     if not (math.isfinite(config.s_max) and config.s_max >= 1.0):
         fail("s_max", config.s_max, "a number >= 1")
-    if config.s_anneal not in ("step", "epoch"):
-        fail("s_anneal", config.s_anneal, "step or epoch")
+    if config.s_anneal not in S_ANNEAL_SCHEDULES:
+        fail("s_anneal", config.s_anneal, " or ".join(S_ANNEAL_SCHEDULES))
     for name in ("mask_lambda", "gp_weight"):
         value = getattr(config, name)
         if not (math.isfinite(value) and value >= 0):

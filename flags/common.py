@@ -15,7 +15,7 @@ from cl_zoo.config import (
     OPTIMIZERS,
     STRATEGIES,
     ConfigError,
-    float_tuple,
+    parse_list_setting,
 )
 
 # Flags whose value becomes the RunConfig field of the same name.
@@ -367,26 +367,26 @@ def define_run_flags():
                          "run in --model_dir instead of refusing.")
 
 
+# List flags: what their items must be (for the error message).
+_LIST_ITEMS = {
+    "hidden_units": "positive integers",
+    "generator_units": "positive integers",
+    "generator_capacity": "numbers >= 1",
+}
+
+
 def config_overrides(flag_values):
     """The RunConfig fields the user set on the command line."""
     out = {}
     for name in CONFIG_FLAGS:
         value = flag_values[name].value
-        if name in ("hidden_units", "generator_units") and value is not None:
+        if name in _LIST_ITEMS and value is not None:
             try:
-                value = tuple(int(u) for u in value)
+                value = parse_list_setting(name, value)
             except ValueError:
                 raise ConfigError(
                     f"--{name}={','.join(value)} is not allowed: "
-                    "expected a comma-separated list of positive integers."
-                ) from None
-        if name == "generator_capacity" and value is not None:
-            try:
-                value = float_tuple(value)
-            except ValueError:
-                raise ConfigError(
-                    f"--{name}={','.join(value)} is not allowed: "
-                    "expected a comma-separated list of numbers >= 1."
+                    f"expected a comma-separated list of {_LIST_ITEMS[name]}."
                 ) from None
         out[name] = value
     return out

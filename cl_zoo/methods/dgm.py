@@ -37,7 +37,7 @@ import tensorflow as tf
 from absl import logging
 from keras import ops
 
-from cl_zoo.config import float_tuple
+from cl_zoo.config import S_ANNEAL_SCHEDULES, float_tuple
 from cl_zoo.layers.masked import MaskedConv2DTranspose
 from cl_zoo.methods.base import ContinualModel, reset_optimizer_slots
 from cl_zoo.methods.registry import register
@@ -290,9 +290,9 @@ class DGM(ContinualModel):
         self.generator_capacity = float_tuple(generator_capacity)
         self.noise_dim = int(noise_dim)
         self.generator_batch_norm = bool(generator_batch_norm)
-        if s_anneal not in ("step", "epoch"):
+        if s_anneal not in S_ANNEAL_SCHEDULES:
             raise ValueError(
-                "Expected s_anneal 'step' or 'epoch'. Received: "
+                f"Expected s_anneal in {S_ANNEAL_SCHEDULES}. Received: "
                 f"s_anneal={s_anneal!r}"
             )
         self.s_max = float(s_max)
@@ -325,13 +325,11 @@ class DGM(ContinualModel):
             np.ones(self.num_classes, np.float32), trainable=False,
             name="seen_classes",
         )
-        # The optimizer step at which the task began, and the task's steps:
-        # the gate scale s is annealed over them.
+        # The optimizer step at which the task began, and the steps of an
+        # epoch: the gate scale s is annealed over the task's
+        # `epochs_per_task` epochs.
         self.task_start = keras.Variable(
             0, dtype="int64", trainable=False, name="task_start"
-        )
-        self.anneal_steps = keras.Variable(
-            1.0, trainable=False, name="anneal_steps"
         )
         self.steps_per_epoch = keras.Variable(
             1.0, trainable=False, name="steps_per_epoch"
@@ -444,8 +442,8 @@ class DGM(ContinualModel):
             epoch = ops.floor(step / ops.maximum(self.steps_per_epoch, 1.0))
             progress = ops.minimum(epoch / max(self.epochs_per_task, 1), 1.0)
         else:
-            progress = ops.minimum(
-                step / ops.maximum(self.anneal_steps - 1, 1), 1.0)
+            steps = self.steps_per_epoch * self.epochs_per_task
+            progress = ops.minimum(step / ops.maximum(steps - 1, 1), 1.0)
         low = 1.0 / self.s_max
         return low + (self.s_max - low) * progress
 
@@ -603,7 +601,6 @@ class DGM(ContinualModel):
         dataset = super().train_dataset(task, benchmark, batch_size, seed)
         steps = int(dataset.cardinality())
         if steps > 0:
-            self.anneal_steps.assign(float(steps * self.epochs_per_task))
             self.steps_per_epoch.assign(float(steps))
         return dataset
 
