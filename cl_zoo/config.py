@@ -84,6 +84,8 @@ class RunConfig:
     mask_lambda: float = 0.1
     gp_weight: float = 1.0
     replay_per_class: int = 32
+    replay_jitter: float = 1.0
+    balance_classes: bool = True
     reinit_discriminator: bool = True
     classify_fakes: bool = False
     # `--fast`: the method's quick preset (DGM's 15-minute MNIST run).
@@ -228,7 +230,7 @@ def _check(config: RunConfig):
         fail("s_max", config.s_max, "a number >= 1")
     if config.s_anneal not in S_ANNEAL_SCHEDULES:
         fail("s_anneal", config.s_anneal, " or ".join(S_ANNEAL_SCHEDULES))
-    for name in ("mask_lambda", "gp_weight"):
+    for name in ("mask_lambda", "gp_weight", "replay_jitter"):
         value = getattr(config, name)
         if not (math.isfinite(value) and value >= 0):
             fail(name, value, "a non-negative number")

@@ -32,7 +32,7 @@ CONFIG_FLAGS = (
     "adam_beta1", "generator_units", "generator_capacity", "noise_dim",
     "generator_batch_norm",
     "s_max", "s_anneal", "mask_lambda", "gp_weight", "replay_per_class",
-    "reinit_discriminator", "classify_fakes", "fast",
+    "replay_jitter", "balance_classes", "reinit_discriminator", "classify_fakes", "fast",
     "eval_batch_size", "eval_examples", "export", "verbose",
     "overwrite", "model_dir",
 )
@@ -332,6 +332,22 @@ def define_run_flags():
         "DGM: generated examples of every earlier class per training step "
         "for the classifier (over all replicas). 0: as many as the batch "
         "size, the authors' balance. Default 32 (16 with --fast).",
+    )
+    flags.DEFINE_float(
+        "replay_jitter", None,
+        "DGM: strength of a random affine jitter of the replayed examples "
+        "the classifier learns from: at 1, shifts up to 8 % of the side, "
+        "rotations up to 14.4 degrees and zooms up to 10 % either way. "
+        "It widens the generated classes towards the real data's variety. "
+        "0: none (the authors'). Default 1.",
+    )
+    flags.DEFINE_boolean(
+        "balance_classes", None,
+        "DGM: every class seen weighs the same in the classifier's loss: "
+        "when --replay_per_class is below a current class's share of the "
+        "batch, its real examples count less each. Without it the current "
+        "class outweighs each replayed one (2 to 1 at the defaults) and "
+        "draws old classes' test examples to it. Default true.",
     )
     flags.DEFINE_boolean(
         "reinit_discriminator", None,

@@ -15,6 +15,7 @@ from cl_zoo.benchmarks.base import Benchmark
 from cl_zoo.config import ConfigError, resolve_config
 from cl_zoo.layers.masked import MaskedConv2DTranspose, MaskedDense
 from cl_zoo.methods import get_method
+from cl_zoo.methods.dgm import jitter
 
 
 def make_class_incremental(num_classes=3, side=8, per_class=48, seed=0):
@@ -304,6 +305,8 @@ def test_bad_settings_are_refused(ci_benchmark):
         _config(generator_capacity=0.5)
     with pytest.raises(ConfigError, match="replay_per_class"):
         _config(replay_per_class=-1)
+    with pytest.raises(ConfigError, match="replay_jitter"):
+        _config(replay_jitter=-0.5)
     with pytest.raises(ValueError, match="head='single'"):
         get_method("dgm").from_run_config(_config(head="multi"), ci_benchmark)
     flat = Benchmark(
@@ -316,6 +319,69 @@ def test_bad_settings_are_refused(ci_benchmark):
     odd = make_class_incremental(side=6)
     with pytest.raises(ValueError, match="divides by 4"):
         get_method("dgm").from_run_config(_config(), odd)
+
+
+def _draws(shift_x=0.5, shift_y=0.5, angle=0.5, zoom=0.5, n=1):
+    return np.tile(np.float32([[shift_x, shift_y, angle, zoom]]), (n, 1))
+
+
+def test_jitter_moves_rotates_and_zooms_as_documented():
+    image = np.zeros((1, 9, 9, 1), np.float32)
+    image[0, 2, 4] = 1.0  # above the centre (4, 4)
+    # Middle draws: no change.
+    np.testing.assert_allclose(jitter(image, _draws(), 1.0), image,
+                               atol=1e-6)
+    # The largest shift to the right at strength s is 0.08 s of the side:
+    # 2 pixels on a side of 9 at s = 2 / 0.72.
+    moved = np.asarray(jitter(image, _draws(shift_x=1.0), 2 / 0.72))
+    np.testing.assert_allclose(moved, np.roll(image, 2, axis=2), atol=1e-5)
+    moved = np.asarray(jitter(image, _draws(shift_y=0.0), 2 / 0.72))
+    np.testing.assert_allclose(moved, np.roll(image, -2, axis=1), atol=1e-5)
+    # A quarter turn (0.04 s of a full turn at s = 6.25) keeps the pixel 2
+    # from the centre, on the row of the centre.
+    turned = np.asarray(jitter(image, _draws(angle=1.0), 6.25))[0, :, :, 0]
+    assert turned[4, 2] + turned[4, 6] == pytest.approx(1.0, abs=1e-5)
+    assert turned.sum() == pytest.approx(1.0, abs=1e-5)
+    # Zooming in (+10 % at s = 1 reads 1/1.1 of the offset) pulls the
+    # reading point towards the centre: the pixel spreads outwards.
+    zoomed = np.asarray(jitter(image, _draws(zoom=1.0), 5.0))[0, :, :, 0]
+    assert zoomed[1, 4] > 0 and zoomed[2, 4] > 0
+    assert zoomed[3:, :].sum() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_replay_jitter_changes_only_the_classifier_step(ci_benchmark):
+    """With and without jitter, task 0 (no replay) trains identically; on
+    task 1 the discriminator sees other replayed images."""
+    def train(jitter_strength):
+        model = _build(ci_benchmark, replay_jitter=jitter_strength)
+        weights = []
+        for task in range(2):
+            _train_task(model, ci_benchmark, task)
+            weights.append([v.numpy() for v in
+                            model.discriminator_variables()])
+        return weights
+
+    plain, jittered = train(0.0), train(1.0)
+    for a, b in zip(plain[0], jittered[0]):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b)
+               for a, b in zip(plain[1], jittered[1]))
+
+
+def test_balance_classes_weighs_current_examples_as_a_replayed_class():
+    benchmark = Benchmark(
+        "two_per_task", train=(np.zeros((8, 8, 8, 1), np.uint8),
+                               np.arange(8) % 4),
+        test=(np.zeros((8, 8, 8, 1), np.uint8), np.arange(8) % 4),
+        task_classes=[[0, 1], [2, 3]], num_classes=4,
+    )
+    for overrides, expected in (({"replay_per_class": 8}, 8 * 2 / 16),
+                                ({"replay_per_class": 0}, 2.0),
+                                ({"replay_per_class": 8,
+                                  "balance_classes": False}, 1.0)):
+        model = _build(benchmark, **overrides)
+        model.begin_task(1, benchmark)
+        assert float(model._current_weight(16)) == pytest.approx(expected)
 
 
 def test_fast_preset_only_for_methods_that_have_one():

@@ -195,6 +195,12 @@ class DGM(ContinualModel):
         gp_weight: weight of the WGAN-GP gradient penalty.
         replay_per_class: generated examples per earlier class and step
             (0: the batch size, the authors' balance).
+        replay_jitter: strength of a random affine jitter (shift, rotation,
+            zoom; see `jitter`) of the replayed examples the classifier
+            learns from (0: none, the authors').
+        balance_classes: weigh every class equally in the classifier's
+            loss (see `_current_weight`); without it, each current class
+            weighs batch / replay_per_class times a replayed class.
         reinit_discriminator: draw the discriminator afresh for each task.
         classify_fakes: the classifier also learns the current task's
             generated examples (AC-GAN's loss; the DGM paper names real
@@ -238,6 +244,8 @@ class DGM(ContinualModel):
             "mask_lambda": config.mask_lambda,
             "gp_weight": config.gp_weight,
             "replay_per_class": config.replay_per_class,
+            "replay_jitter": config.replay_jitter,
+            "balance_classes": config.balance_classes,
             "reinit_discriminator": config.reinit_discriminator,
             "classify_fakes": config.classify_fakes,
             "seed": config.seed,
@@ -256,6 +264,8 @@ class DGM(ContinualModel):
         mask_lambda=0.1,
         gp_weight=1.0,
         replay_per_class=32,
+        replay_jitter=1.0,
+        balance_classes=True,
         reinit_discriminator=True,
         classify_fakes=False,
         seed=0,
@@ -280,6 +290,7 @@ class DGM(ContinualModel):
                 )
         for name, value in (("mask_lambda", mask_lambda),
                             ("gp_weight", gp_weight),
+                            ("replay_jitter", replay_jitter),
                             ("replay_per_class", replay_per_class)):
             if not value >= 0:
                 raise ValueError(
@@ -300,6 +311,8 @@ class DGM(ContinualModel):
         self.mask_lambda = float(mask_lambda)
         self.gp_weight = float(gp_weight)
         self.replay_per_class = int(replay_per_class)
+        self.replay_jitter = float(replay_jitter)
+        self.balance_classes = bool(balance_classes)
         self.reinit_discriminator = bool(reinit_discriminator)
         self.classify_fakes = bool(classify_fakes)
         self.seed = int(seed)
@@ -477,6 +490,24 @@ class DGM(ContinualModel):
         start = rid * local_n
         return labels[start:start + local_n], local_n
 
+    def _current_weight(self, local_batch):
+        """Weight of a current-task example in the classifier's loss.
+
+        With `balance_classes`, every current class weighs as much as a
+        replayed one (`replay_per_class` examples per step): the current
+        classes share the batch, so each of their examples counts
+        `per_class * classes / batch`. Otherwise 1.
+        """
+        if not self.balance_classes:
+            return 1.0
+        replicas, _ = _replica()
+        global_batch = ops.cast(local_batch * replicas, "float32")
+        per_class = (float(self.replay_per_class) if self.replay_per_class
+                     else global_batch)
+        class_task = ops.convert_to_tensor(self._class_task)
+        current = ops.sum(ops.cast(class_task == self.task, "float32"))
+        return per_class * current / global_batch
+
     def train_step(self, data):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         if isinstance(x, dict):
@@ -496,6 +527,9 @@ class DGM(ContinualModel):
         replay = self.generate(
             replay_y, self._noise(replay_n, self.noise_dim, 2)
         )
+        if self.replay_jitter > 0:
+            replay = jitter(replay, self._noise(replay_n, 4, 5, "uniform"),
+                            self.replay_jitter)
         fake, replay = ops.stop_gradient(fake), ops.stop_gradient(replay)
         mix = self._noise(batch, 1, 3, kind="uniform")[:, :, None, None]
         x_hat = mix * x + (1.0 - mix) * fake
@@ -516,16 +550,19 @@ class DGM(ContinualModel):
                              + 1e-12)
             gp = ops.mean(ops.square(norms - 1.0))
             logits_real = self.classify(h_real)
-            class_loss = (_summed_cross_entropy(y, logits_real)
+            weight = self._current_weight(batch)
+            class_loss = (weight * _summed_cross_entropy(y, logits_real)
                           + _summed_cross_entropy(replay_y,
                                                 self.classify(h_replay)))
-            count = batch + replay_n
+            count = weight * ops.cast(batch, "float32") + ops.cast(
+                replay_n, "float32")
             if self.classify_fakes:
                 # AC-GAN's classifier loss on the current task's fakes too:
                 # otherwise "real-looking" alone marks the current class.
-                class_loss += _summed_cross_entropy(y, self.classify(h_fake))
-                count += batch
-            class_loss = class_loss / ops.cast(count, "float32")
+                class_loss += weight * _summed_cross_entropy(
+                    y, self.classify(h_fake))
+                count += weight * ops.cast(batch, "float32")
+            class_loss = class_loss / count
             d_loss = wasserstein + self.gp_weight * gp + class_loss
             scaled = d_loss / replicas
         d_vars = self.discriminator_variables()
@@ -766,6 +803,8 @@ class DGM(ContinualModel):
             "mask_lambda": self.mask_lambda,
             "gp_weight": self.gp_weight,
             "replay_per_class": self.replay_per_class,
+            "replay_jitter": self.replay_jitter,
+            "balance_classes": self.balance_classes,
             "reinit_discriminator": self.reinit_discriminator,
             "classify_fakes": self.classify_fakes,
             "seed": self.seed,
@@ -785,6 +824,35 @@ def _replica():
 def _summed_cross_entropy(labels, logits):
     return ops.sum(keras.losses.sparse_categorical_crossentropy(
         labels, logits, from_logits=True))
+
+
+def jitter(images, uniform, strength):
+    """Random affine jitter of a batch of images (NHWC).
+
+    `uniform`: `(N, 4)` draws in [0, 1) (shift in x and y, rotation, zoom);
+    at `strength` 1 the shifts reach 8 % of the side, the rotation 14.4
+    degrees and the zoom 10 % either way (Keras's RandomTranslation(0.08),
+    RandomRotation(0.04) and RandomZoom(0.1)). Border pixels come in black.
+    """
+    u = 2.0 * ops.cast(uniform, "float32") - 1.0
+    height, width = int(images.shape[1]), int(images.shape[2])
+    shift_x = 0.08 * strength * width * u[:, 0]
+    shift_y = 0.08 * strength * height * u[:, 1]
+    angle = 0.04 * strength * 2.0 * math.pi * u[:, 2]
+    scale = 1.0 / (1.0 + 0.1 * strength * u[:, 3])  # input per output px
+    cos, sin = scale * ops.cos(angle), scale * ops.sin(angle)
+    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+    # Output pixel p reads input A (p - c) + c - shift.
+    zeros = ops.zeros_like(cos)
+    transform = ops.stack([
+        cos, -sin, cx - cos * cx + sin * cy - shift_x,
+        sin, cos, cy - sin * cx - cos * cy - shift_y,
+        zeros, zeros,
+    ], axis=1)
+    return ops.image.affine_transform(images, transform,
+                                      interpolation="bilinear",
+                                      fill_mode="constant",
+                                      data_format="channels_last")
 
 
 def _unit_counts_png(growth_log):
