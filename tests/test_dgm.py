@@ -15,7 +15,7 @@ from cl_zoo.benchmarks.base import Benchmark
 from cl_zoo.config import ConfigError, resolve_config
 from cl_zoo.layers.masked import MaskedConv2DTranspose, MaskedDense
 from cl_zoo.methods import get_method
-from cl_zoo.methods.dgm import jitter
+from cl_zoo.augment import jitter
 
 
 def make_class_incremental(num_classes=3, side=8, per_class=48, seed=0):
@@ -501,6 +501,20 @@ def test_reference_classifier_scores_what_a_generator_draws(tmp_path,
     assert set(good) == {0, 1, 2} and min(good.values()) > 0.9, good
     bad = score_generator.score(stuck, [0, 1, 2], ref, 4, samples=20)
     assert bad[0] > 0.9 and max(bad[1], bad[2]) < 0.1, bad
+
+    # GAN-train: a CNN that learns a faithful generator's images classifies
+    # the real test set; one that learns the stuck generator's cannot.
+    accuracy, per_class = score_generator.train_on_samples(
+        faithful, [0, 1, 2], ci_benchmark, 4, per_class=64, epochs=15,
+        jitter=0.5)
+    assert accuracy > 0.9 and set(per_class) == {0, 1, 2}, per_class
+    accuracy, per_class = score_generator.train_on_samples(
+        stuck, [0, 1, 2], ci_benchmark, 4, per_class=64, epochs=15)
+    assert accuracy < 0.5, per_class
+    # Only the classes asked for are tested.
+    _, per_class = score_generator.train_on_samples(
+        faithful, [0, 1], ci_benchmark, 4, per_class=16, epochs=1)
+    assert set(per_class) == {0, 1}
 
 
 def test_score_generator_refuses_a_dir_without_a_dgm_export(tmp_path,

@@ -1,7 +1,8 @@
 r"""Scores a DGM run's generator with a reference classifier.
 
     python -m trainers.score_generator --runs='runs/dgm/*' \
-        [--samples=1000] [--reference_dir=~/.cache/cl_zoo/reference]
+        [--samples=1000] [--reference_dir=~/.cache/cl_zoo/reference] \
+        [--train_on_samples [--train_per_class=3000] [--train_jitter=1]]
 
 For every run (a `--model_dir` of `--method=dgm` with its export), draws
 `--samples` images of every class the generator learned and reports the
@@ -12,6 +13,14 @@ small CNN trained on the benchmark's whole training set (every class at
 once, so it is not a continual learner; it is a yardstick) and cached in
 `--reference_dir` per benchmark; its own test accuracy is printed too.
 Prints one line per run: the per-class scores in % and their mean.
+
+`--train_on_samples` adds a second line per run ("GAN-train", Shmelkov et
+al. 2018): a fresh CNN of the reference's shape learns from
+`--train_per_class` generated images of every class only (optionally
+jittered as DGM's `--replay_jitter` does) and is tested on the real test
+examples of those classes. The first score asks whether the samples look
+like their class; this one whether they cover its variety, which is what a
+classifier learning from them needs.
 """
 
 from __future__ import annotations
@@ -27,7 +36,8 @@ from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("runs", None, "DGM run directories, or globs of them.")
-flags.DEFINE_integer("samples", 1000, "Generated images per class.")
+flags.DEFINE_integer("samples", 1000, "Generated images per class.",
+                     lower_bound=1)
 flags.DEFINE_integer("reference_epochs", 3, "Epochs of the reference "
                      "classifier's training (when it is not cached).")
 flags.DEFINE_string(
@@ -37,6 +47,19 @@ flags.DEFINE_string(
 flags.DEFINE_string("data_dir", None, "Data directory of the benchmarks "
                     "(as the trainer's --data_dir).")
 flags.DEFINE_integer("seed", 0, "Seed of the noise and of the reference.")
+flags.DEFINE_boolean(
+    "train_on_samples", False,
+    "Also train a fresh CNN on generated images only and print its "
+    "accuracy on the real test set (GAN-train), overall and per class.",
+)
+flags.DEFINE_integer("train_per_class", 3000, "With --train_on_samples: "
+                     "generated training images per class.",
+                     lower_bound=1)
+flags.DEFINE_integer("train_epochs", 3, "With --train_on_samples: epochs "
+                     "over them.", lower_bound=1)
+flags.DEFINE_float("train_jitter", 0.0, "With --train_on_samples: jitter "
+                   "strength of the generated images (as DGM's "
+                   "--replay_jitter; 0: none).", lower_bound=0.0)
 
 
 def _run_dirs(patterns):
@@ -49,6 +72,10 @@ def _run_dirs(patterns):
     return dirs
 
 
+def _per_class(values):
+    return " ".join(f"{c}:{100 * v:.1f}" for c, v in values.items())
+
+
 def main(argv):
     del argv
     import tensorflow as tf
@@ -58,6 +85,7 @@ def main(argv):
         reference_classifier,
         reference_test_accuracy,
         score,
+        train_on_samples,
     )
 
     tf.get_logger().setLevel("ERROR")
@@ -104,15 +132,24 @@ def main(argv):
         with open(results_path) as f:
             done = len(json.load(f)["accuracy_matrix"])
         classes = [c for t in range(done) for c in bm.task_classes[t]]
-        scores = score(
-            lambda labels, noise, serve=serve: serve(
-                label=labels, noise=noise)["images"],
-            classes, ref, config["noise_dim"], FLAGS.samples, FLAGS.seed,
-        )
+        def generate(labels, noise, serve=serve):
+            return serve(label=labels, noise=noise)["images"]
+
+        scores = score(generate, classes, ref, config["noise_dim"],
+                       FLAGS.samples, FLAGS.seed)
         values = list(scores.values())
-        print(f"{run}: " + " ".join(f"{c}:{100 * s:.1f}"
-                                    for c, s in scores.items())
-              + f"  mean {100 * sum(values) / len(values):.2f} %")
+        print(f"{run}: " + _per_class(scores)
+              + f"  mean {100 * sum(values) / len(values):.2f} %",
+              flush=True)
+        if FLAGS.train_on_samples:
+            accuracy, per_class = train_on_samples(
+                generate, classes, bm, config["noise_dim"],
+                FLAGS.train_per_class, FLAGS.train_epochs, FLAGS.seed,
+                FLAGS.train_jitter,
+            )
+            print(f"{run}: trained on samples, real test accuracy "
+                  f"{100 * accuracy:.2f} %: " + _per_class(per_class),
+                  flush=True)
 
 
 if __name__ == "__main__":
