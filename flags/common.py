@@ -32,7 +32,8 @@ CONFIG_FLAGS = (
     "adam_beta1", "generator_units", "generator_capacity", "noise_dim",
     "generator_batch_norm",
     "s_max", "s_anneal", "mask_lambda", "gp_weight", "replay_per_class",
-    "replay_jitter", "balance_classes", "reinit_discriminator", "classify_fakes", "fast",
+    "replay_jitter", "balance_classes", "reinit_discriminator",
+    "classify_fakes", "fast",
     "eval_batch_size", "eval_examples", "export", "verbose",
     "overwrite", "model_dir",
 )

@@ -11,11 +11,11 @@ import tensorflow as tf
 from absl import logging
 
 from cl_zoo import train_lib
+from cl_zoo.augment import jitter
 from cl_zoo.benchmarks.base import Benchmark
 from cl_zoo.config import ConfigError, resolve_config
 from cl_zoo.layers.masked import MaskedConv2DTranspose, MaskedDense
 from cl_zoo.methods import get_method
-from cl_zoo.augment import jitter
 
 
 def make_class_incremental(num_classes=3, side=8, per_class=48, seed=0):

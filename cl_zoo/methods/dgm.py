@@ -37,8 +37,8 @@ import tensorflow as tf
 from absl import logging
 from keras import ops
 
-from cl_zoo.config import S_ANNEAL_SCHEDULES, float_tuple
 from cl_zoo.augment import jitter
+from cl_zoo.config import S_ANNEAL_SCHEDULES, float_tuple
 from cl_zoo.layers.masked import MaskedConv2DTranspose
 from cl_zoo.methods.base import ContinualModel, reset_optimizer_slots
 from cl_zoo.methods.registry import register
