@@ -11,9 +11,10 @@ remembers every class seen so far.
 - The **discriminator** is the model's backbone (conv/conv/dense) with two
   heads: a WGAN-GP critic and the auxiliary classifier over all classes.
   The classifier learns from real data of the current task and from
-  generated data of every earlier class (as many per class as the current
-  task brings), and it is what the model predicts with: a single head over
-  the classes seen so far (task ids are ignored). On MNIST and SVHN the
+  generated data of every earlier class (`replay_per_class` per class and
+  step, each class weighing as much as a current one, and jittered by
+  small random affine transforms), and it is what the model predicts
+  with: a single head over the classes seen so far (task ids are ignored). On MNIST and SVHN the
   authors re-initialise the discriminator for every task; so do we.
 - Both optimizers (Adam, beta_1 0.5) and the alternating critic and generator
   steps live in `train_step`, so `model.fit` trains the GAN.
