@@ -86,6 +86,7 @@ class RunConfig:
     replay_per_class: int = 32
     replay_jitter: float = 1.0
     balance_classes: bool = True
+    classifier_dropout: float = 0.0
     reinit_discriminator: bool = True
     classify_fakes: bool = False
     # `--fast`: the method's quick preset (DGM's 15-minute MNIST run).
@@ -240,8 +241,9 @@ def _check(config: RunConfig):
              "a non-negative integer (0: the batch size)")
     if not 0.0 < config.lr_decay <= 1.0:
         fail("lr_decay", config.lr_decay, "a number in (0, 1] (1: constant)")
-    if not 0.0 <= config.dropout < 1.0:
-        fail("dropout", config.dropout, "a rate in [0, 1)")
+    for name in ("dropout", "classifier_dropout"):
+        if not 0.0 <= getattr(config, name) < 1.0:
+            fail(name, getattr(config, name), "a rate in [0, 1)")
     if config.fisher_normalize not in ("none", "max"):
         fail("fisher_normalize", config.fisher_normalize, "none or max")
     if not 0.0 <= config.ewc_gamma <= 1.0:

@@ -32,7 +32,8 @@ CONFIG_FLAGS = (
     "adam_beta1", "generator_units", "generator_capacity", "noise_dim",
     "generator_batch_norm",
     "s_max", "s_anneal", "mask_lambda", "gp_weight", "replay_per_class",
-    "replay_jitter", "balance_classes", "reinit_discriminator",
+    "replay_jitter", "balance_classes", "classifier_dropout",
+    "reinit_discriminator",
     "classify_fakes", "fast",
     "eval_batch_size", "eval_examples", "export", "verbose",
     "overwrite", "model_dir",
@@ -349,6 +350,12 @@ def define_run_flags():
         "batch, its real examples count less each. Without it the current "
         "class outweighs each replayed one (2 to 1 at the defaults) and "
         "draws old classes' test examples to it. Default true.",
+    )
+    flags.DEFINE_float(
+        "classifier_dropout", None,
+        "DGM: dropout rate on the input of the classifier head (the "
+        "critic head's input is left whole), in the discriminator's step. "
+        "Default 0.",
     )
     flags.DEFINE_boolean(
         "reinit_discriminator", None,

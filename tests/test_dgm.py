@@ -228,12 +228,13 @@ def _fixed(model, benchmark, task, steps=2):
 
 
 def test_one_and_two_replicas_agree(ci_benchmark, mirrored_strategy):
-    """The GAN's steps (noise, replay, gradient penalty, gates, masks) are
-    the same on one replica and on two."""
+    """The GAN's steps (noise, replay and its jitter, the classifier's
+    dropout, gradient penalty, gates, masks) are the same on one replica
+    and on two."""
     results = []
     for strategy in (tf.distribute.get_strategy(), mirrored_strategy):
         with strategy.scope():
-            model = _build(ci_benchmark)
+            model = _build(ci_benchmark, classifier_dropout=0.3)
         for task in range(2):
             model.begin_task(task, ci_benchmark)
             model.fit(_fixed(model, ci_benchmark, task), epochs=2,
@@ -307,6 +308,8 @@ def test_bad_settings_are_refused(ci_benchmark):
         _config(replay_per_class=-1)
     with pytest.raises(ConfigError, match="replay_jitter"):
         _config(replay_jitter=-0.5)
+    with pytest.raises(ConfigError, match="classifier_dropout"):
+        _config(classifier_dropout=1.0)
     with pytest.raises(ValueError, match="head='single'"):
         get_method("dgm").from_run_config(_config(head="multi"), ci_benchmark)
     flat = Benchmark(
@@ -382,6 +385,15 @@ def test_balance_classes_weighs_current_examples_as_a_replayed_class():
         model = _build(benchmark, **overrides)
         model.begin_task(1, benchmark)
         assert float(model._current_weight(16)) == pytest.approx(expected)
+
+
+def test_classifier_dropout_drops_and_rescales(ci_benchmark):
+    h = tf.ones((64, 32))
+    assert _build(ci_benchmark)._head_dropout(h, 6) is h
+    dropped = _build(ci_benchmark, classifier_dropout=0.25)._head_dropout(
+        h, 6).numpy()
+    assert set(np.unique(dropped)) == {0.0, np.float32(1 / 0.75)}
+    assert np.mean(dropped == 0.0) == pytest.approx(0.25, abs=0.03)
 
 
 def test_fast_preset_only_for_methods_that_have_one():

@@ -14,8 +14,9 @@ remembers every class seen so far.
   generated data of every earlier class (`replay_per_class` per class and
   step, each class weighing as much as a current one, and jittered by
   small random affine transforms), and it is what the model predicts
-  with: a single head over the classes seen so far (task ids are ignored). On MNIST and SVHN the
-  authors re-initialise the discriminator for every task; so do we.
+  with: a single head over the classes seen so far (task ids are
+  ignored). On MNIST and SVHN the authors re-initialise the discriminator
+  for every task; so do we.
 - Both optimizers (Adam, beta_1 0.5) and the alternating critic and generator
   steps live in `train_step`, so `model.fit` trains the GAN.
 
@@ -200,6 +201,9 @@ class DGM(ContinualModel):
         replay_jitter: strength of a random affine jitter (shift, rotation,
             zoom; see `jitter`) of the replayed examples the classifier
             learns from (0: none, the authors').
+        classifier_dropout: dropout rate on the classifier head's input
+            in the discriminator's step (the critic's input is left
+            whole).
         balance_classes: weigh every class equally in the classifier's
             loss (see `_current_weight`); without it, each current class
             weighs batch / replay_per_class times a replayed class.
@@ -248,6 +252,7 @@ class DGM(ContinualModel):
             "replay_per_class": config.replay_per_class,
             "replay_jitter": config.replay_jitter,
             "balance_classes": config.balance_classes,
+            "classifier_dropout": config.classifier_dropout,
             "reinit_discriminator": config.reinit_discriminator,
             "classify_fakes": config.classify_fakes,
             "seed": config.seed,
@@ -268,6 +273,7 @@ class DGM(ContinualModel):
         replay_per_class=32,
         replay_jitter=1.0,
         balance_classes=True,
+        classifier_dropout=0.0,
         reinit_discriminator=True,
         classify_fakes=False,
         seed=0,
@@ -315,6 +321,12 @@ class DGM(ContinualModel):
         self.replay_per_class = int(replay_per_class)
         self.replay_jitter = float(replay_jitter)
         self.balance_classes = bool(balance_classes)
+        if not 0.0 <= classifier_dropout < 1.0:
+            raise ValueError(
+                "Expected a classifier_dropout rate in [0, 1). Received: "
+                f"classifier_dropout={classifier_dropout!r}"
+            )
+        self.classifier_dropout = float(classifier_dropout)
         self.reinit_discriminator = bool(reinit_discriminator)
         self.classify_fakes = bool(classify_fakes)
         self.seed = int(seed)
@@ -510,6 +522,15 @@ class DGM(ContinualModel):
         current = ops.sum(ops.cast(class_task == self.task, "float32"))
         return per_class * current / global_batch
 
+    def _head_dropout(self, h, salt):
+        """Dropout of the classifier head's input (not the critic's), with
+        masks from the step's global draw (see `_noise`)."""
+        if not self.classifier_dropout:
+            return h
+        rate = self.classifier_dropout
+        keep = self._noise(ops.shape(h)[0], h.shape[-1], salt, "uniform")
+        return ops.where(keep >= rate, h / (1.0 - rate), 0.0)
+
     def train_step(self, data):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         if isinstance(x, dict):
@@ -551,18 +572,18 @@ class DGM(ContinualModel):
             norms = ops.sqrt(ops.sum(ops.square(slopes), axis=(1, 2, 3))
                              + 1e-12)
             gp = ops.mean(ops.square(norms - 1.0))
-            logits_real = self.classify(h_real)
+            logits_real = self.classify(self._head_dropout(h_real, 6))
+            logits_replay = self.classify(self._head_dropout(h_replay, 7))
             weight = self._current_weight(batch)
             class_loss = (weight * _summed_cross_entropy(y, logits_real)
-                          + _summed_cross_entropy(replay_y,
-                                                self.classify(h_replay)))
+                          + _summed_cross_entropy(replay_y, logits_replay))
             count = weight * ops.cast(batch, "float32") + ops.cast(
                 replay_n, "float32")
             if self.classify_fakes:
                 # AC-GAN's classifier loss on the current task's fakes too:
                 # otherwise "real-looking" alone marks the current class.
                 class_loss += weight * _summed_cross_entropy(
-                    y, self.classify(h_fake))
+                    y, self.classify(self._head_dropout(h_fake, 8)))
                 count += weight * ops.cast(batch, "float32")
             class_loss = class_loss / count
             d_loss = wasserstein + self.gp_weight * gp + class_loss
@@ -807,6 +828,7 @@ class DGM(ContinualModel):
             "replay_per_class": self.replay_per_class,
             "replay_jitter": self.replay_jitter,
             "balance_classes": self.balance_classes,
+            "classifier_dropout": self.classifier_dropout,
             "reinit_discriminator": self.reinit_discriminator,
             "classify_fakes": self.classify_fakes,
             "seed": self.seed,
