@@ -86,3 +86,17 @@ def summarize(accuracy_matrix, initial_accuracy) -> dict[str, float]:
         "fwt": forward_transfer(accuracy_matrix, initial_accuracy),
         "forgetting": forgetting(accuracy_matrix),
     }
+
+
+def confusion_matrix(labels, predicted, num_classes):
+    """`C[i][j]`: test examples of class `i` predicted as class `j`."""
+    labels = np.asarray(labels, np.int64).reshape(-1)
+    predicted = np.asarray(predicted, np.int64).reshape(-1)
+    if labels.shape != predicted.shape:
+        raise ValueError(
+            "Expected as many predictions as labels. Received "
+            f"{predicted.size} predictions for {labels.size} labels."
+        )
+    out = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(out, (labels, predicted), 1)
+    return out

@@ -279,6 +279,22 @@ def test_run_writes_results_samples_and_generator_export(tmp_path,
     x, _ = ci_benchmark.test_arrays(2)
     scores = classifier.signatures["serving_default"](x=x[:4])["scores"]
     assert scores.shape == (4, 3)
+    # The confusion matrix of the last export agrees with the accuracies.
+    from trainers.confusion import confusion, format_matrix
+
+    matrix, classes = confusion(str(tmp_path / "run"),
+                                benchmark=ci_benchmark)
+    assert classes == [0, 1, 2]
+    np.testing.assert_allclose(matrix.diagonal() / matrix.sum(axis=1),
+                               r[2], rtol=1e-6)
+    matrix, classes = confusion(str(tmp_path / "run"), after_task=2,
+                                benchmark=ci_benchmark)
+    assert classes == [0, 1] and matrix.sum() == sum(
+        len(ci_benchmark.test_arrays(t)[1]) for t in range(2))
+    assert "errors" in format_matrix(matrix, classes)
+    with pytest.raises(ValueError, match="trained tasks 1..3"):
+        confusion(str(tmp_path / "run"), after_task=4,
+                  benchmark=ci_benchmark)
 
 
 def test_lr_decay_reaches_the_generator_optimizer(ci_benchmark):
@@ -527,6 +543,15 @@ def test_reference_classifier_scores_what_a_generator_draws(tmp_path,
     _, per_class = score_generator.train_on_samples(
         faithful, [0, 1], ci_benchmark, 4, per_class=16, epochs=1)
     assert set(per_class) == {0, 1}
+
+
+def test_confusion_refuses_a_dir_without_a_finished_run(tmp_path,
+                                                        run_trainer):
+    result = run_trainer(f"--run={tmp_path}", module="trainers.confusion")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path} holds no finished run (results.json)")
+    assert "Traceback" not in result.stderr
 
 
 def test_score_generator_refuses_a_dir_without_a_dgm_export(tmp_path,

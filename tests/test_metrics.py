@@ -63,3 +63,10 @@ def test_bad_matrix(matrix):
 def test_wrong_number_of_initial_accuracies():
     with pytest.raises(ValueError, match="3 initial accuracies"):
         metrics.forward_transfer(R, [0.1, 0.2])
+
+
+def test_confusion_matrix_counts_true_against_predicted():
+    m = metrics.confusion_matrix([0, 0, 1, 2, 2], [0, 1, 1, 2, 0], 3)
+    np.testing.assert_array_equal(m, [[1, 1, 0], [0, 1, 0], [1, 0, 1]])
+    with pytest.raises(ValueError, match="as many predictions as labels"):
+        metrics.confusion_matrix([0, 1], [0], 2)
