@@ -107,3 +107,24 @@ def sweep_png(xs, series, xlabel, title="", ylabel="test accuracy"):
     ax.legend()
     ax.set_title(title)
     return _png(fig)
+
+
+def confusion_png(matrix, classes, title=""):
+    """Counts of a confusion matrix (rows: true class, columns: predicted),
+    the errors shaded, as PNG bytes."""
+    matrix = np.asarray(matrix)
+    n = len(classes)
+    errors = matrix.astype(float)
+    np.fill_diagonal(errors, 0.0)
+    fig, ax = plt.subplots(figsize=(1 + 0.45 * n, 0.8 + 0.45 * n))
+    ax.imshow(errors, cmap="Reds")
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, int(matrix[i, j]), ha="center", va="center",
+                    fontsize=7)
+    ax.set_xticks(range(n), classes)
+    ax.set_yticks(range(n), classes)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title or "test examples (errors shaded)")
+    return _png(fig)

@@ -14,8 +14,10 @@ from cl_zoo import train_lib
 from cl_zoo.augment import jitter
 from cl_zoo.benchmarks.base import Benchmark
 from cl_zoo.config import ConfigError, resolve_config
+from cl_zoo.confusion import format_matrix, run_confusion
 from cl_zoo.layers.masked import MaskedConv2DTranspose, MaskedDense
 from cl_zoo.methods import get_method
+from cl_zoo.plots import confusion_png
 
 
 def make_class_incremental(num_classes=3, side=8, per_class=48, seed=0):
@@ -280,21 +282,20 @@ def test_run_writes_results_samples_and_generator_export(tmp_path,
     scores = classifier.signatures["serving_default"](x=x[:4])["scores"]
     assert scores.shape == (4, 3)
     # The confusion matrix of the last export agrees with the accuracies.
-    from trainers.confusion import confusion, format_matrix
-
-    matrix, classes = confusion(str(tmp_path / "run"),
-                                benchmark=ci_benchmark)
+    matrix, classes = run_confusion(str(tmp_path / "run"),
+                                    benchmark=ci_benchmark)
     assert classes == [0, 1, 2]
     np.testing.assert_allclose(matrix.diagonal() / matrix.sum(axis=1),
                                r[2], rtol=1e-6)
-    matrix, classes = confusion(str(tmp_path / "run"), after_task=2,
-                                benchmark=ci_benchmark)
+    matrix, classes = run_confusion(str(tmp_path / "run"), after_task=2,
+                                    benchmark=ci_benchmark)
     assert classes == [0, 1] and matrix.sum() == sum(
         len(ci_benchmark.test_arrays(t)[1]) for t in range(2))
     assert "errors" in format_matrix(matrix, classes)
+    assert confusion_png(matrix, classes).startswith(b"\x89PNG")
     with pytest.raises(ValueError, match="trained tasks 1..3"):
-        confusion(str(tmp_path / "run"), after_task=4,
-                  benchmark=ci_benchmark)
+        run_confusion(str(tmp_path / "run"), after_task=4,
+                      benchmark=ci_benchmark)
 
 
 def test_lr_decay_reaches_the_generator_optimizer(ci_benchmark):
