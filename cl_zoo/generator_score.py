@@ -88,13 +88,13 @@ def train_on_samples(generate, classes, benchmark, noise_dim,
     """
     images, labels = [], []
     for c in classes:
+        noise = tf.random.stateless_normal((per_class, noise_dim),
+                                           seed=[seed + 1, int(c)])
         for start in range(0, per_class, 1000):
-            n = min(1000, per_class - start)
-            noise = tf.random.stateless_normal(
-                (n, noise_dim), seed=[seed + 1, 1000 * int(c) + start])
-            images.append(np.asarray(
-                generate(tf.fill([n], tf.constant(int(c))), noise)))
-            labels.append(np.full(n, int(c), np.int32))
+            chunk = noise[start:start + 1000]
+            images.append(np.asarray(generate(
+                tf.fill([tf.shape(chunk)[0]], tf.constant(int(c))), chunk)))
+        labels.append(np.full(per_class, int(c), np.int32))
     x, y = np.concatenate(images), np.concatenate(labels)
     keras.utils.set_random_seed(seed)
     data = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(
