@@ -47,9 +47,7 @@ def run_confusion(run, after_task=None, benchmark=None, data_dir=None):
                          "rerun it with --export")
     if benchmark is None:
         try:
-            benchmark = benchmarks.get_benchmark(
-                results["benchmark"], seed=results.get("seed", 0),
-                data_dir=data_dir or config.get("data_dir"))
+            benchmark = benchmarks.run_benchmark(config, data_dir)
         except benchmarks.BenchmarkError as e:
             raise ValueError(str(e)) from e
     serve = tf.saved_model.load(export).signatures["serving_default"]

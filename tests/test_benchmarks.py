@@ -324,6 +324,17 @@ def test_permuted_seed_changes_permutations(mnist_data):
     assert benchmarks.get_benchmark("permuted_mnist").num_tasks == 10
 
 
+def test_run_benchmark_rebuilds_what_the_run_trained_on(mnist_data):
+    config = {"benchmark": "permuted_mnist", "num_tasks": 3, "seed": 1,
+              "data_dir": None}
+    bm = benchmarks.run_benchmark(config)
+    again = benchmarks.get_benchmark("permuted_mnist", num_tasks=3, seed=1)
+    assert bm.num_tasks == 3
+    np.testing.assert_array_equal(bm.permutations, again.permutations)
+    with pytest.raises(benchmarks.BenchmarkError, match="Unknown benchmark"):
+        benchmarks.run_benchmark({"benchmark": "nope"})
+
+
 # ------------------------------------------------------- gaussian clusters
 def test_gaussian_clusters():
     bm = benchmarks.get_benchmark("gaussian_clusters", seed=0)

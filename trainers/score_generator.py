@@ -114,9 +114,7 @@ def main(argv):
         name = config["benchmark"]
         if name not in references:
             try:
-                bm = benchmarks.get_benchmark(
-                    name, seed=config.get("seed", 0),
-                    data_dir=FLAGS.data_dir or config.get("data_dir"))
+                bm = benchmarks.run_benchmark(config, FLAGS.data_dir)
             except benchmarks.BenchmarkError as e:
                 print(f"error: {e}", file=sys.stderr)
                 sys.exit(2)

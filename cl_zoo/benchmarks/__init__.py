@@ -132,3 +132,16 @@ __all__ = [
     "default_num_tasks",
     "get_benchmark",
 ]
+
+
+def run_benchmark(config, data_dir=None) -> Benchmark:
+    """The benchmark a finished run trained on, from its saved config (a
+    dict: config.json, or results.json's "config"): its name, number of
+    tasks, seed and data directory, as the trainer built it. `data_dir`
+    replaces the saved data directory (the data moved)."""
+    return get_benchmark(
+        config["benchmark"],
+        num_tasks=config.get("num_tasks"),
+        seed=config.get("seed", 0),
+        data_dir=data_dir or config.get("data_dir"),
+    )
