@@ -18,6 +18,15 @@ import tensorflow as tf
 from keras import ops
 
 from cl_zoo.replicas import cross_replica_sum
+from cl_zoo.settings import Setting
+
+# The step of the sign rule, read by every method that uses one.
+EPSILON = Setting(
+    "epsilon", float, 0.01,
+    "Step of the sign updates: BPN's bias-unit factors M_t (beneficial "
+    "direction) and AMN's memory units X_t (adversarial direction), "
+    "v -= epsilon * sign(grad) per training step (the papers do not give "
+    "it).", above=0, expected="a positive number")
 
 
 class SignGradientRule:

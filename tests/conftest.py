@@ -52,6 +52,20 @@ def make_tiny_benchmark(
     )
 
 
+def resolve_for(cls, benchmark, values):
+    """`resolve_config` with test settings shared across methods: keys that
+    the method's run does not read are left out (the library refuses them;
+    test helpers pass one dict of small sizes to every method)."""
+    from cl_zoo.config import applicable_settings, resolve_config
+
+    consolidation = values.get("consolidation") or resolve_config(
+        cls, benchmark, {}).consolidation
+    keep = applicable_settings(cls, consolidation)
+    return resolve_config(
+        cls, benchmark, {k: v for k, v in values.items() if k in keep}
+    )
+
+
 def _assert_round_trips(model, x, path):
     """`get_config`/`from_config` and a `.keras` save/load keep the model.
 

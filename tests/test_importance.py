@@ -5,6 +5,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import resolve_for
 
 from cl_zoo.config import resolve_config
 from cl_zoo.consolidation import MAS, SI, SPP
@@ -18,7 +19,7 @@ def _model(benchmark, consolidation=None, name="finetune", lr=0.05,
            **overrides):
     keras.utils.set_random_seed(1)
     cls = get_method(name)
-    config = resolve_config(
+    config = resolve_for(
         cls, "tiny",
         {"hidden_units": (8,), "fisher_samples": 24, "head": "multi",
          **overrides},
@@ -229,8 +230,10 @@ def test_registry_builds_each_consolidation():
                             {"consolidation": "spp", "spp_lambda": 3.0})
     spp = make_consolidation(config.consolidation, config)
     assert isinstance(spp, SPP) and spp.strength == 3.0
-    assert isinstance(make_consolidation("si", config), SI)
-    assert isinstance(make_consolidation("mas", config), MAS)
+    for name, cls in (("si", SI), ("mas", MAS)):
+        config = resolve_config(get_method("bd_ewc"), "split_mnist",
+                                {"consolidation": name})
+        assert isinstance(make_consolidation(name, config), cls)
 
 
 def test_lwf_holds_old_heads_to_the_old_network(tiny_benchmark):

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import resolve_for
 
 from cl_zoo import methods
 from cl_zoo.config import RunConfig, resolve_config
@@ -21,7 +22,7 @@ def build(name, benchmark, **overrides):
     keras.utils.set_random_seed(0)
     cls = get_method(name)
     overrides = {"hidden_units": (32, 32), "fisher_samples": 32, **overrides}
-    config = resolve_config(cls, "tiny", overrides)
+    config = resolve_for(cls, benchmark.name, overrides)
     model = cls.from_run_config(config, benchmark)
     model.build_for_inputs()
     model.compile(
@@ -63,14 +64,54 @@ def test_method_learns_each_task(name, tiny_benchmark):
     assert np.mean(pred == y) > 0.85
 
 
-@pytest.mark.parametrize("name", FOUNDATION_METHODS + IMPORTANCE_METHODS)
-def test_config_round_trip_and_keras_file(name, tiny_benchmark, tmp_path,
-                                          assert_round_trips):
-    model = build(name, tiny_benchmark)
-    model.task.assign(1)
-    x, _ = tiny_benchmark.test_arrays(1, head=model.label_mode)
+def _small_benchmark(name, tiny_benchmark):
+    """The tiny benchmark, or for dgm (class-incremental images whose side
+    halves per generator layer) its own one-class-per-task set."""
+    if name != "dgm":
+        return tiny_benchmark, {}
+    from test_dgm import make_class_incremental
+
+    return make_class_incremental(), {
+        "generator_units": (6, 4), "noise_dim": 8,
+        "generator_capacity": (3.0,), "batch_size": 16,
+    }
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_every_method_fits_and_round_trips(name, tiny_benchmark, tmp_path,
+                                           assert_round_trips):
+    """Every registered method (found by discovery, none listed here): one
+    fit of two tasks, then `get_config`/`from_config` and `.keras`."""
+    benchmark, extra = _small_benchmark(name, tiny_benchmark)
+    model = build(name, benchmark, **extra)
+    for task in range(2):
+        history = train_task(model, benchmark, task, epochs=1)
+        assert all(np.isfinite(v[-1]) for v in history.history.values())
+    x, _ = benchmark.test_arrays(1, head=model.label_mode)
     loaded = assert_round_trips(model, x, str(tmp_path / f"{name}.keras"))
     assert isinstance(loaded, ContinualModel)
+    assert type(loaded) is get_method(name)
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_method_defaults_are_settings_it_reads(name):
+    """A method's per-benchmark defaults name only settings its run reads
+    (a value for another would be dropped without a word), and its own
+    settings are declared once, with a type and a help line."""
+    from cl_zoo.benchmarks import BENCHMARKS
+    from cl_zoo.config import applicable_settings
+
+    cls = get_method(name)
+    for benchmark in BENCHMARKS:
+        for preset in (cls.default_config(benchmark),
+                       cls.fast_config(benchmark)):
+            reads = applicable_settings(
+                cls, cls.default_config(benchmark).get(
+                    "consolidation", "none"))
+            assert set(preset) <= set(reads), (benchmark, preset)
+    for setting in cls.settings():
+        assert setting.help and setting.name.isidentifier()
+        setting.check(setting.normalize(setting.default))
 
 
 def test_task_switch_does_not_retrace(tiny_benchmark):

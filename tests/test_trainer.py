@@ -134,15 +134,18 @@ def test_help_documents_the_contract_flags_and_names(trainer_runs):
 
 # In-process: the resolved RunConfig -----------------------------------------
 def test_every_setting_has_a_flag():
-    """Each RunConfig field is a flag of the same name (method and
-    benchmark have their own), so no setting is out of users' reach."""
-    import dataclasses
-
-    from cl_zoo.config import RunConfig
+    """Each declared setting is a flag of the same name (method and
+    benchmark have their own), so no setting is out of users' reach, and
+    every resolved config's keys are declared settings."""
+    from cl_zoo.config import all_settings
     from flags import common
 
-    fields = {f.name for f in dataclasses.fields(RunConfig)}
-    assert fields - {"method", "benchmark"} == set(common.CONFIG_FLAGS)
+    assert set(common.config_flag_names()) == set(all_settings())
+    for name in method_names():
+        config = common.resolved_defaults()[(name, "split_mnist")]
+        assert set(config) - {"method", "benchmark"} <= set(all_settings())
+        for key in common.config_flag_names():
+            assert key in train.FLAGS, key
 
 
 @flagsaver.flagsaver(
@@ -203,10 +206,14 @@ def test_build_config_permuted_mnist_defaults():
         ({"method": "nope"}, "Unknown method 'nope'"),
         ({"epochs": 0}, "--epochs=0"),
         ({"num_cpu_devices": 2}, "--strategy=mirrored"),
-        ({"ewc_gamma": 2.0}, "--ewc_gamma=2.0"),
+        ({"method": "online_ewc", "ewc_gamma": 2.0}, "--ewc_gamma=2.0"),
         ({"dropout": 1.0}, "--dropout=1.0"),
-        ({"spp_lambda": -1.0}, "--spp_lambda=-1.0"),
-        ({"memory_size": 0}, "--memory_size=0"),
+        ({"method": "spp", "spp_lambda": -1.0}, "--spp_lambda=-1.0"),
+        ({"method": "gem", "memory_size": 0}, "--memory_size=0"),
+        # A setting that the method, or its consolidation, does not read.
+        ({"epsilon": 5.0}, "--epsilon is not read by --method=sgd"),
+        ({"method": "dgm", "consolidation": "ewc"},
+         "--consolidation=ewc cannot work with --method=dgm"),
         ({"model_dir": None}, "--model_dir is required"),
     ],
 )
@@ -290,7 +297,7 @@ def test_parse_setting_reads_lists_with_colons():
     ("--set=bias_hidden=x", "cannot read 'x' as int"),
     ("--set=nope=1", "KEY a run setting; got 'nope=1'"),
     ("--set=epsilon=-1", "epsilon"),
-    ("--set=hidden_units=2:x", "cannot read '2:x' as tuple[int, ...]"),
+    ("--set=hidden_units=2:x", "cannot read '2:x' as list of int"),
 ])
 def test_bench_step_bad_names_exit_2(run_trainer, flag, fragment):
     result = run_trainer(flag, "--steps=1", "--repeats=1",
@@ -303,17 +310,19 @@ def test_bench_step_bad_names_exit_2(run_trainer, flag, fragment):
 def test_help_lists_every_methods_own_default():
     """The per-method defaults in --lr/--epsilon/... help come from the
     code: every method whose resolved default differs is named."""
-    from cl_zoo.config import RunConfig, resolve_config
+    from cl_zoo.config import all_settings, resolve_config
     from cl_zoo.methods import get_method
     from flags.common import method_defaults_help
 
-    for key in ("lr", "epsilon", "bias_hidden"):
+    for key in ("lr", "epsilon", "bias_hidden", "ewc_lambda", "head"):
         text = method_defaults_help(key)
-        base = getattr(RunConfig(), key)
-        assert text.startswith(f"Default {base:g}")
+        base = all_settings()[key].default
+        assert text.startswith(f"Default {base:g}" if isinstance(
+            base, float | int) else f"Default {base}")
         for name in method_names():
             differs = any(
-                getattr(resolve_config(get_method(name), b, {}), key) != base
+                resolve_config(get_method(name), b, {}).get(key, base)
+                != base
                 for b in benchmarks.BENCHMARKS
             )
             named = re.search(rf"\b{name}\b", text) is not None

@@ -43,31 +43,24 @@ flags.DEFINE_list("set", [], "Settings of the method's run config that "
 
 
 def _parse_settings(pairs):
-    """`["k=v", ...]` into a dict typed like `RunConfig`'s fields."""
-    import dataclasses
+    """`["k=v", ...]` into a dict typed by the settings' declarations."""
+    from cl_zoo.config import ConfigError, all_settings
 
-    from cl_zoo.config import (
-        ConfigError,
-        RunConfig,
-        parse_setting,
-        setting_type,
-    )
-
-    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    settings = all_settings()
     out = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
-        if not sep or key not in fields:
+        if not sep or key not in settings:
             raise ConfigError(
                 f"--set expects KEY=VALUE with KEY a run setting; got "
                 f"{pair!r}."
             )
         try:
-            out[key] = parse_setting(key, text)
+            out[key] = settings[key].parse(text)
         except ValueError:
             raise ConfigError(
                 f"--set {key}: cannot read {text!r} as "
-                f"{setting_type(key)}."
+                f"{settings[key].type_name}."
             ) from None
     return out
 

@@ -52,8 +52,29 @@ def _fail(message):
 _HELP_FLAGS = ("help", "h", "?", "helpshort", "helpfull", "helpxml")
 
 
+def _method_help(argv):
+    """`--method=M [--benchmark=B] --help`: that method's settings and the
+    defaults it will use, then exit 0 (None when not asked)."""
+    words = dict(
+        a.lstrip("-").partition("=")[::2] for a in argv[1:]
+        if a.startswith("-")
+    )
+    if "method" not in words or not (
+            {"help", "h", "?", "helpshort"} & set(words)):
+        return None
+    from cl_zoo.config import ConfigError
+    from cl_zoo.methods import UnknownMethodError
+
+    try:
+        print(common.method_help(words["method"], words.get("benchmark")))
+    except (ConfigError, UnknownMethodError) as e:
+        _fail(str(e))
+    sys.exit(0)
+
+
 def parse_flags(argv):
     """absl's parser, but a bad flag exits with status 2 and one line."""
+    _method_help(argv)
     try:
         return FLAGS(argv)
     except flags.Error as e:
@@ -71,21 +92,21 @@ def parse_flags(argv):
 
 def parse_sweep(text):
     """`KEY=V1,V2` -> (key, [values as the setting's type]); exits 2 if bad."""
-    from cl_zoo.config import parse_setting, setting_type
+    from cl_zoo.config import all_settings
 
     key, sep, values = (text or "").partition("=")
-    if key not in common.CONFIG_FLAGS or key in (
-            "model_dir", "hidden_units", "generator_units",
-            "generator_capacity", "overwrite", "fast"):
+    settings = all_settings()
+    if key not in settings or settings[key].is_list or key in (
+            "model_dir", "overwrite", "fast"):
         _fail(f"--sweep={text}: expected KEY=V1,V2,... with KEY a setting "
               "of one value (e.g. spp_lambda, epsilon, epochs, seed).")
     if not sep or not values:
         _fail(f"--sweep={text}: give the values, e.g. --sweep={key}=1,2.")
     try:
-        return key, [parse_setting(key, v) for v in values.split(",")]
+        return key, [settings[key].parse(v) for v in values.split(",")]
     except ValueError:
         _fail(f"--sweep={text}: the values of {key} must be of type "
-              f"{setting_type(key)}.")
+              f"{settings[key].type_name}.")
 
 
 def build_config(extra=None):

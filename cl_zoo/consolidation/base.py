@@ -8,8 +8,20 @@ import keras
 from keras import ops
 
 from cl_zoo.consolidation.penalties import quadratic_penalty
+from cl_zoo.settings import Setting
 
 NORMALIZATIONS = ("none", "max")
+
+# Settings several consolidations read (one declaration, shared).
+FISHER_SAMPLES = Setting(
+    "fisher_samples", int, 1024,
+    "Training examples per task for the importance estimate (EWC's "
+    "diagonal Fisher, SPP's and MAS's importances).", minimum=1)
+FISHER_NORMALIZE = Setting(
+    "fisher_normalize", str, "none",
+    "'none', or 'max': divide each task's Fisher (EWC) or importance (SPP, "
+    "MAS) by its largest entry, so every task is protected on one scale.",
+    choices=NORMALIZATIONS)
 
 
 def check_normalization(normalize):
@@ -45,6 +57,8 @@ class Consolidation(abc.ABC):
     """
 
     name = "consolidation"
+    # The settings `from_config` reads (`cl_zoo.settings.Setting`).
+    SETTINGS = ()
     # True when `penalty_and_gradients` gives the penalty's gradient in
     # closed form: the train step then adds it to the tape's gradients
     # instead of differentiating the penalty (fewer ops per weight).
@@ -59,6 +73,14 @@ class Consolidation(abc.ABC):
         self.strength = float(strength)
         self.built = False
         self.state = {}
+
+    @classmethod
+    def from_config(cls, config):
+        """The consolidation a run of `config` (a `RunConfig`) uses."""
+        raise NotImplementedError(
+            f"{cls.__name__} does not say how to build it from a run's "
+            "config."
+        )
 
     def build(self, model):
         """Creates the state for `model.shared_trainable_variables()`."""

@@ -12,14 +12,32 @@ from __future__ import annotations
 
 from cl_zoo.consolidation import fisher as fisher_lib
 from cl_zoo.consolidation.base import (
+    FISHER_NORMALIZE,
+    FISHER_SAMPLES,
     QuadraticConsolidation,
     check_normalization,
     normalize_importance,
 )
 from cl_zoo.consolidation.penalties import merge_quadratic
 from cl_zoo.consolidation.per_example import task_chunks
+from cl_zoo.consolidation.registry import register
+from cl_zoo.settings import Setting
+
+EWC_LAMBDA = Setting(
+    "ewc_lambda", float, 100.0,
+    "EWC strength lambda in lambda/2 * sum F (w - w*)^2.", minimum=0)
+FISHER_MODE = Setting(
+    "fisher_mode", str, "empirical",
+    "Fisher estimate: 'empirical' (true labels), 'true' (labels sampled "
+    "from the model) or 'expected' (exact expectation over classes).",
+    choices=fisher_lib.FISHER_MODES)
+EWC_GAMMA = Setting(
+    "ewc_gamma", float, 0.9,
+    "Online EWC's decay of the old Fisher.", minimum=0, maximum=1,
+    expected="a number in [0, 1]")
 
 
+@register("ewc")
 class EWC(QuadraticConsolidation):
     """EWC's penalty with a diagonal Fisher from per-example gradients.
 
@@ -39,6 +57,17 @@ class EWC(QuadraticConsolidation):
     """
 
     name = "ewc"
+    SETTINGS = (EWC_LAMBDA, FISHER_SAMPLES, FISHER_MODE, FISHER_NORMALIZE)
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(
+            config.ewc_lambda,
+            fisher_samples=config.fisher_samples,
+            fisher_mode=config.fisher_mode,
+            seed=config.seed,
+            normalize=config.fisher_normalize,
+        )
 
     def __init__(
         self,
@@ -124,3 +153,25 @@ class EWC(QuadraticConsolidation):
             "gamma": self.gamma,
             "normalize": self.normalize,
         }
+
+
+@register("online_ewc")
+class OnlineEWC(EWC):
+    """Online EWC (Schwarz et al., 2018): `gamma * F + F_t`, anchored at
+    the latest parameters."""
+
+    SETTINGS = (*EWC.SETTINGS, EWC_GAMMA)
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(
+            config.ewc_lambda,
+            fisher_samples=config.fisher_samples,
+            fisher_mode=config.fisher_mode,
+            gamma=config.ewc_gamma,
+            seed=config.seed,
+            normalize=config.fisher_normalize,
+        )
+
+    def __init__(self, strength, **kwargs):
+        super().__init__(strength, online=True, **kwargs)

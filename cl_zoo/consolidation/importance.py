@@ -25,6 +25,8 @@ from __future__ import annotations
 import tensorflow as tf
 
 from cl_zoo.consolidation.base import (
+    FISHER_NORMALIZE,
+    FISHER_SAMPLES,
     QuadraticConsolidation,
     check_normalization,
     normalize_importance,
@@ -35,7 +37,32 @@ from cl_zoo.consolidation.per_example import (
     per_example_terms,
     task_chunks,
 )
+from cl_zoo.consolidation.registry import register
 from cl_zoo.replicas import cross_replica_sum
+from cl_zoo.settings import Setting
+
+SPP_LAMBDA = Setting(
+    "spp_lambda", float, 4.0,
+    "SPP strength lambda in lambda * sum Omega (w - w*)^2, Omega the "
+    "label-free entropy importance summed over tasks. The paper sweeps "
+    "0.01-12 and finds 4 best; with this importance's scale 100-300 is the "
+    "useful range on permuted MNIST.", minimum=0)
+SPP_GROUP = Setting(
+    "spp_group", int, 1,
+    "SPP: examples per entropy gradient. 1: each example's own gradient "
+    "(vectorized). G > 1: the gradient of the entropy summed over G "
+    "examples, the importance averaged over such batches.", minimum=1)
+MAS_LAMBDA = Setting(
+    "mas_lambda", float, 1.0,
+    "MAS strength lambda in lambda * sum Omega (w - w*)^2 (Aljundi et al. "
+    "2018).", minimum=0)
+SI_LAMBDA = Setting(
+    "si_lambda", float, 1.0,
+    "SI strength c in c * sum Omega (w - w*)^2 (Zenke et al. 2017).",
+    minimum=0)
+SI_DAMPING = Setting(
+    "si_damping", float, 0.1,
+    "SI's xi in Omega += omega / (delta_w^2 + xi).", above=0)
 
 
 def output_entropy(logits, unused=None):
@@ -158,22 +185,42 @@ class DataImportance(QuadraticConsolidation):
                 "group_size": self.group_size, "normalize": self.normalize}
 
 
+@register("spp")
 class SPP(DataImportance):
     """Soft parameter pruning: label-free entropy importance, summed."""
 
     name = "spp"
+    SETTINGS = (SPP_LAMBDA, SPP_GROUP, FISHER_SAMPLES, FISHER_NORMALIZE)
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(
+            config.spp_lambda, samples=config.fisher_samples,
+            seed=config.seed, group_size=config.spp_group,
+            normalize=config.fisher_normalize,
+        )
     objective = staticmethod(output_entropy)
     term = staticmethod(spp_term)
 
 
+@register("mas")
 class MAS(DataImportance):
     """Memory-aware synapses: sensitivity of the output's squared norm."""
 
     name = "mas"
+    SETTINGS = (MAS_LAMBDA, FISHER_SAMPLES, FISHER_NORMALIZE)
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(
+            config.mas_lambda, samples=config.fisher_samples,
+            seed=config.seed, normalize=config.fisher_normalize,
+        )
     objective = staticmethod(squared_output_norm)
     term = staticmethod(mas_term)
 
 
+@register("si")
 class SI(QuadraticConsolidation):
     """Synaptic intelligence: the path integral of the loss, online.
 
@@ -185,6 +232,11 @@ class SI(QuadraticConsolidation):
 
     name = "si"
     penalty_scale = 1.0
+    SETTINGS = (SI_LAMBDA, SI_DAMPING)
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(config.si_lambda, damping=config.si_damping)
 
     def __init__(self, strength, damping=0.1):
         super().__init__(strength)

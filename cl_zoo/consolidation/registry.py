@@ -1,46 +1,63 @@
-"""Consolidations by name (`--consolidation`), built from a RunConfig."""
+"""Consolidations by name (`--consolidation`), discovered from their files.
+
+A consolidation class registers itself with `@register("name")`, declares
+the settings it reads (`SETTINGS`) and builds itself from a run's config
+(`from_config`); every module of this package is imported on first use, so
+a new consolidation is one new file.
+"""
 
 from __future__ import annotations
 
-from cl_zoo.consolidation.ewc import EWC
-from cl_zoo.consolidation.importance import MAS, SI, SPP
+import importlib
+import pkgutil
+
+_CONSOLIDATIONS = {}
+_DISCOVERED = False
 
 
-def _ewc(config, online):
-    return EWC(
-        config.ewc_lambda,
-        fisher_samples=config.fisher_samples,
-        fisher_mode=config.fisher_mode,
-        online=online,
-        gamma=config.ewc_gamma if online else 1.0,
-        seed=config.seed,
-        normalize=config.fisher_normalize,
-    )
+def register(name):
+    """Class decorator: registers a `Consolidation` subclass as `name`."""
+
+    def wrap(cls):
+        if name in _CONSOLIDATIONS:
+            raise ValueError(f"Consolidation {name!r} is registered twice.")
+        cls.name = name
+        _CONSOLIDATIONS[name] = cls
+        return cls
+
+    return wrap
 
 
-_BUILDERS = {
-    "none": lambda config: None,
-    "ewc": lambda config: _ewc(config, online=False),
-    "online_ewc": lambda config: _ewc(config, online=True),
-    "spp": lambda config: SPP(
-        config.spp_lambda, samples=config.fisher_samples, seed=config.seed,
-        group_size=config.spp_group, normalize=config.fisher_normalize,
-    ),
-    "mas": lambda config: MAS(
-        config.mas_lambda, samples=config.fisher_samples, seed=config.seed,
-        normalize=config.fisher_normalize,
-    ),
-    "si": lambda config: SI(config.si_lambda, damping=config.si_damping),
-}
+def _discover():
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    _DISCOVERED = True
+    package = importlib.import_module("cl_zoo.consolidation")
+    for info in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"cl_zoo.consolidation.{info.name}")
 
-CONSOLIDATIONS = tuple(sorted(_BUILDERS))
+
+def consolidation_names():
+    """"none" and every registered consolidation, sorted."""
+    _discover()
+    return tuple(sorted(["none", *_CONSOLIDATIONS]))
+
+
+def get_consolidation(name):
+    """The class registered as `name`; None for "none"."""
+    _discover()
+    if name == "none":
+        return None
+    if name not in _CONSOLIDATIONS:
+        raise ValueError(
+            f"Unknown consolidation {name!r}; expected one of: "
+            f"{', '.join(consolidation_names())}."
+        )
+    return _CONSOLIDATIONS[name]
 
 
 def make_consolidation(name, config):
     """The consolidation `name` with its settings from `config`."""
-    if name not in _BUILDERS:
-        raise ValueError(
-            f"Unknown consolidation {name!r}; expected one of: "
-            f"{', '.join(CONSOLIDATIONS)}."
-        )
-    return _BUILDERS[name](config)
+    cls = get_consolidation(name)
+    return None if cls is None else cls.from_config(config)

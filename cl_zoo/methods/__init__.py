@@ -1,22 +1,12 @@
-"""Continual-learning methods, one module each, registered by contract name."""
+"""Continual-learning methods, one module each, registered by contract name.
 
-from cl_zoo.methods import (  # noqa: F401  (imported to register)
-    amn,
-    bpn,
-    dgm,
-    ewc,
-    finetune,
-    gem,
-    joint,
-    lwf,
-    mas,
-    psp,
-    sgd,
-    sgd_freeze,
-    si,
-    spp,
-    stl,
-)
+Every module of this package is imported here, so a method's file registers
+it (`@register("name")`) without a list to keep: a new method is one file.
+"""
+
+import importlib
+import pkgutil
+
 from cl_zoo.methods.base import ContinualModel
 from cl_zoo.methods.registry import (
     UnknownMethodError,
@@ -24,6 +14,9 @@ from cl_zoo.methods.registry import (
     method_names,
     register,
 )
+
+for _info in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_info.name}")
 
 __all__ = [
     "ContinualModel",

@@ -28,7 +28,8 @@ from cl_zoo.layers.heads import TaskHead
 from cl_zoo.layers.memory_units import MemoryNeuronDense
 from cl_zoo.methods.base import ContinualModel, check_choice
 from cl_zoo.methods.registry import register
-from cl_zoo.rules import SignGradientRule
+from cl_zoo.rules import EPSILON, SignGradientRule
+from cl_zoo.settings import Setting
 
 MEMORY_UPDATES = ("sign", "grad")
 # What is frozen after the first task: nothing, the feature (conv) layers,
@@ -38,6 +39,18 @@ FREEZES = ("none", "features", "normal")
 # Sign step of the memory units where no pilot chose one (the paper gives
 # none): a sanity check on tiny data; see `AMN.default_config`.
 DEFAULT_EPSILON = 1e-3
+
+MEMORY_UNITS = Setting(
+    "memory_units", int, 9,
+    "AMN: memory units per task in every memory layer (each with memory "
+    "weights into the layer's neurons). The paper finds 6 to 9 best.",
+    minimum=1)
+MEMORY_UPDATE = Setting(
+    "memory_update", str, "sign",
+    "AMN: how the memory units move: 'sign' (adversarial direction, "
+    "X -= epsilon * sign(grad), the paper's method) or 'grad' "
+    "(X -= epsilon * grad, the paper's 'gradient memory units' ablation). "
+    "Memory weights always take optimizer steps.", choices=MEMORY_UPDATES)
 
 
 class AMN(ContinualModel):
@@ -57,6 +70,7 @@ class AMN(ContinualModel):
     """
 
     preset_freeze = "none"
+    SETTINGS = (MEMORY_UNITS, MEMORY_UPDATE, EPSILON)
 
     def __init__(
         self,

@@ -29,9 +29,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from cl_zoo.config import ARCHITECTURES
 from cl_zoo.layers.heads import HEAD_MODES, TaskHead
-
-ARCHITECTURES = ("mlp", "lenet")
 
 
 def check_choice(name, value, allowed):
@@ -140,12 +139,34 @@ class ContinualModel(keras.Model):
     """
 
     method_name = "base"
+    # The settings this class reads beyond the run's generic ones
+    # (`cl_zoo.settings.Setting`); subclasses add theirs, see `settings()`.
+    SETTINGS = ()
+    # False for methods whose train step applies no consolidation penalty
+    # (DGM): `--consolidation` is then refused.
+    takes_consolidation = True
+
+    @classmethod
+    def settings(cls):
+        """The settings of this method: its class's and its bases'."""
+        out = {}
+        for klass in reversed(cls.__mro__):
+            for setting in vars(klass).get("SETTINGS", ()):
+                out[setting.name] = setting
+        return tuple(out.values())
 
     @classmethod
     def default_config(cls, benchmark):
-        """This method's settings for `benchmark` (RunConfig field values)."""
+        """This method's values for `benchmark`: of its own settings, of
+        its consolidation's and of the run's generic ones."""
         del benchmark
         return {}
+
+    @classmethod
+    def check_config(cls, values):
+        """Checks across this method's resolved settings (a dict); raises
+        `ConfigError`. Single values are checked by their declarations."""
+        del values
 
     @classmethod
     def fast_config(cls, benchmark):
@@ -174,9 +195,9 @@ class ContinualModel(keras.Model):
 
     @classmethod
     def init_args_from_config(cls, config):
-        """Method-specific constructor arguments taken from a RunConfig."""
-        del config
-        return {}
+        """Method-specific constructor arguments taken from a RunConfig:
+        by default each of the method's settings, under its own name."""
+        return {s.name: config[s.name] for s in cls.settings()}
 
     def __init__(
         self,
@@ -547,6 +568,18 @@ class ContinualModel(keras.Model):
             self.consolidation.build(self)
         if not self.method_state.built:
             self.build_method_state()
+
+    def compile_from_config(self, config):
+        """Compiles a loaded `.keras` model as it was saved.
+
+        Keras's own builds the optimizer for every trainable variable; here
+        the main optimizer is built for the variables it updates (the
+        rules' variables have their own optimizers), as `build_optimizers`
+        does before training, so the saved optimizer state loads.
+        """
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.build_optimizers()
 
     def build_method_state(self):
         """Creates `self.method_state`'s variables (none here).

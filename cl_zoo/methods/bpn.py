@@ -23,10 +23,26 @@ from __future__ import annotations
 from cl_zoo.layers.bias_units import BiasUnitDense, SuperpositionDense
 from cl_zoo.methods.base import ContinualModel, check_choice
 from cl_zoo.methods.registry import register
-from cl_zoo.rules import SignGradientRule
+from cl_zoo.rules import EPSILON, SignGradientRule
+from cl_zoo.settings import Setting
 
 BIAS_UPDATES = ("sign", "grad")
 BIAS_LAYERS = ("all", "last")
+
+BIAS_HIDDEN = Setting(
+    "bias_hidden", int, 200,
+    "BPN: H, the inner size of the bias-unit factors M_t (1xH) @ W_t (HxK).",
+    minimum=1)
+BIAS_UPDATE = Setting(
+    "bias_update", str, "sign",
+    "BPN: how M_t moves: 'sign' (beneficial direction, "
+    "M -= epsilon * sign(grad)) or 'grad' (M -= epsilon * grad, the GD "
+    "ablation).", choices=BIAS_UPDATES)
+BIAS_LAYERS_SETTING = Setting(
+    "bias_layers", str, "all",
+    "BPN: 'all' (bias units in every dense layer and the single head) or "
+    "'last' (the last hidden layer only, as in BPN-2019).",
+    choices=BIAS_LAYERS)
 
 
 class BPN(ContinualModel):
@@ -44,6 +60,8 @@ class BPN(ContinualModel):
         key_seed: seed of the keys and of the factors' initialization.
         (other arguments: see `ContinualModel`)
     """
+
+    SETTINGS = (BIAS_HIDDEN, BIAS_UPDATE, EPSILON, BIAS_LAYERS_SETTING)
 
     def __init__(
         self,
@@ -195,8 +213,9 @@ def _bpn_defaults(benchmark, consolidation):
         defaults.update({"epsilon": 0.1, "lr": 3e-4, "ewc_lambda": 1000.0,
                          "fisher_normalize": "max", "bias_hidden": 25})
     if benchmark == "gaussian_clusters":
-        defaults.update({"epsilon": 0.3, "ewc_lambda": 1000.0,
-                         "fisher_normalize": "max"})
+        defaults["epsilon"] = 0.3
+        if consolidation == "ewc":
+            defaults.update({"ewc_lambda": 1000.0, "fisher_normalize": "max"})
     if benchmark == "permuted_mnist":
         # H in the paper's range (25-255); eps from a 5-task pilot (eps 1
         # collapsed, 0.1 did not: docs/RESULTS.md).

@@ -40,10 +40,81 @@ from absl import logging
 from keras import ops
 
 from cl_zoo.augment import jitter
-from cl_zoo.config import S_ANNEAL_SCHEDULES, float_tuple
 from cl_zoo.layers.masked import MaskedConv2DTranspose
 from cl_zoo.methods.base import ContinualModel, reset_optimizer_slots
 from cl_zoo.methods.registry import register
+from cl_zoo.settings import ConfigError, Setting
+
+# DGM's schedules of the gate scale s within a task (`--s_anneal`).
+S_ANNEAL_SCHEDULES = ("step", "epoch")
+
+
+def float_tuple(value):
+    """A number, or a sequence of them, as a tuple of floats."""
+    if isinstance(value, int | float):
+        return (float(value),)
+    return tuple(float(v) for v in value)
+
+
+# The paper's lambda_G is 0.01 and its replay as many per class as the
+# batch; lambda_G 0.1 with room to grow kept every class's generator intact
+# (docs/RESULTS.md).
+DGM_SETTINGS = (
+    Setting("generator_units", (int,), (64, 32),
+            "DGM: initial units (channels) of the generator's masked "
+            "layers, from the projection to the last hidden layer; the "
+            "image side must divide by 2**len. Growth keeps this much free "
+            "capacity after every task.", minimum=1),
+    Setting("generator_capacity", (float,), (8.0, 2.5),
+            "DGM: units allocated per masked layer, as a multiple of its "
+            "initial units: the room growth has. One number for every "
+            "layer, or one per entry of --generator_units. A full layer "
+            "stops growing (with a warning).", minimum=1,
+            expected="numbers >= 1 (units allocated per initial unit): one "
+            "for every masked layer, or one per entry of --generator_units"),
+    Setting("noise_dim", int, 128, "DGM: size of the generator's noise z.",
+            minimum=1),
+    Setting("generator_batch_norm", bool, True,
+            "DGM: batch normalization in the generator's masked layers, one "
+            "set of scale, offset and statistics per task (the authors')."),
+    Setting("s_max", float, 1e5,
+            "DGM: final scale of the mask gates sigmoid(s * e); s is "
+            "annealed linearly from 1/s_max (see --s_anneal).", minimum=1),
+    Setting("s_anneal", str, "step",
+            "DGM: how s grows within a task. step: linearly over the task's "
+            "steps; epoch: the paper's per-epoch schedule, so the whole "
+            "first epoch trains soft gates.", choices=S_ANNEAL_SCHEDULES),
+    Setting("mask_lambda", float, 0.1,
+            "DGM: weight lambda_G of the mask sparsity regularizer (the "
+            "paper's 0.01 let the first tasks take nearly all free units).",
+            minimum=0),
+    Setting("gp_weight", float, 1.0,
+            "DGM: weight of the WGAN-GP gradient penalty.", minimum=0),
+    Setting("replay_per_class", int, 32,
+            "DGM: generated examples of every earlier class per training "
+            "step for the classifier (over all replicas). 0: as many as the "
+            "batch size, the authors' balance.", minimum=0,
+            expected="a non-negative integer (0: the batch size)"),
+    Setting("replay_jitter", float, 1.0,
+            "DGM: strength of a random affine jitter of the replayed "
+            "examples the classifier learns from (at 1: shifts up to 8 % of "
+            "the side, rotations up to 14.4 degrees, zooms up to 10 %). "
+            "0: none (the authors').", minimum=0),
+    Setting("balance_classes", bool, True,
+            "DGM: every class seen weighs the same in the classifier's "
+            "loss (without it the current class outweighs each replayed "
+            "one, 2 to 1 at the defaults)."),
+    Setting("classifier_dropout", float, 0.0,
+            "DGM: dropout rate on the input of the classifier head, in the "
+            "discriminator's step.", minimum=0, below=1,
+            expected="a rate in [0, 1)"),
+    Setting("reinit_discriminator", bool, True,
+            "DGM: draw the discriminator (critic and classifier) afresh for "
+            "each task, as the authors do on MNIST and SVHN."),
+    Setting("classify_fakes", bool, False,
+            "DGM: the classifier head also learns the current task's "
+            "generated examples (AC-GAN's classifier loss)."),
+)
 
 _MASKED_LOGIT = -1e9
 # Samples over which a finished task's batch-norm statistics are measured.
@@ -213,6 +284,26 @@ class DGM(ContinualModel):
             current and generated past examples only).
         seed: seed of the noise and of the discriminator's re-draws.
     """
+
+    SETTINGS = DGM_SETTINGS
+    # The GAN's step has its own losses: a penalty would never be applied.
+    takes_consolidation = False
+
+    @classmethod
+    def check_config(cls, values):
+        units, capacity = values["generator_units"], values[
+            "generator_capacity"]
+        if len(capacity) not in (1, len(units)):
+            raise ConfigError(
+                f"--generator_capacity={','.join(map(str, capacity))} is "
+                "not allowed: expected one number for every masked layer, "
+                "or one per entry of --generator_units."
+            )
+        if values["head"] != "single":
+            raise ConfigError(
+                f"--head={values['head']} is not allowed with --method=dgm: "
+                "DGM is class-incremental, with one head over all classes."
+            )
 
     @classmethod
     def default_config(cls, benchmark):

@@ -24,5 +24,4 @@ class OnlineEWCModel(ContinualModel):
 
     @classmethod
     def default_config(cls, benchmark):
-        return {"head": "single", "consolidation": "online_ewc",
-                "ewc_gamma": 0.9}
+        return {"head": "single", "consolidation": "online_ewc"}

@@ -65,6 +65,15 @@ from cl_zoo.methods.base import ContinualModel
 from cl_zoo.methods.registry import register
 from cl_zoo.methods.spp import protocol
 from cl_zoo.replicas import cross_replica_sum
+from cl_zoo.settings import Setting
+
+MEMORY_SIZE = Setting(
+    "memory_size", int, 256,
+    "GEM: training examples of each finished task kept in the episodic "
+    "memory (the BPN tables' GEM(10)...GEM(256)).", minimum=1)
+GEM_MARGIN = Setting(
+    "gem_margin", float, 0.5,
+    "GEM: the QP's margin (memory strength) gamma.", minimum=0)
 
 # Iterations of the dual QP's solver: FISTA to come close, then projected
 # Newton steps, exact once the active set is found.
@@ -222,6 +231,8 @@ class GEM(ContinualModel):
             variables (see the module's docstring).
         memory_seed: seed of the choice of each task's memory examples.
     """
+
+    SETTINGS = (MEMORY_SIZE, GEM_MARGIN)
 
     @classmethod
     def default_config(cls, benchmark):

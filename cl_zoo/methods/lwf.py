@@ -21,6 +21,15 @@ from keras import ops
 from cl_zoo.methods.base import ContinualModel
 from cl_zoo.methods.registry import register
 from cl_zoo.methods.spp import protocol
+from cl_zoo.settings import Setting
+
+LWF_LAMBDA = Setting(
+    "lwf_lambda", float, 1.0,
+    "LwF: weight of the distillation loss on the old heads' outputs.",
+    minimum=0)
+LWF_TEMPERATURE = Setting(
+    "lwf_temperature", float, 2.0, "LwF: distillation temperature.",
+    above=0)
 
 
 @register("lwf")
@@ -31,6 +40,8 @@ class LwF(ContinualModel):
         lwf_lambda: weight of the distillation loss.
         temperature: distillation temperature T.
     """
+
+    SETTINGS = (LWF_LAMBDA, LWF_TEMPERATURE)
 
     @classmethod
     def default_config(cls, benchmark):
