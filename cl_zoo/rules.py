@@ -1,23 +1,33 @@
-"""Gradient rules: updates that replace the gradient of some variables.
+"""Gradient rules: rewrites of some variables' gradients in the train step.
 
-BPN's bias-unit factors `M_t` move in the *beneficial direction* and AMN's
-memory units in the *adversarial direction*; both are the fast-gradient-sign
-step of the papers, `x <- x - eps * sign(dL/dx)`. A rule owns its variables
-and its own optimizer (plain SGD with learning rate 1, so `eps` is the step
-size whatever the main optimizer is); the main optimizer never sees them.
+Every rule of the zoo goes through one protocol, `GradientRule`, and one
+helper, `apply_rules`, which owns the cross-replica bookkeeping:
 
-Under `tf.distribute` the sign is taken after the cross-replica sum: two
-replicas with opposite local signs would otherwise cancel. The update is then
-divided by the replica count because `optimizer.apply` sums over replicas.
+- freezing (`FreezeRule`: SGD-F's shared layers, AD's normal weights);
+- the fast-gradient-sign step of BPN's bias-unit factors (beneficial
+  direction) and AMN's memory units (adversarial direction),
+  `x <- x - eps * sign(dL/dx)` (`SignGradientRule`, which owns its
+  variables and applies them with its own optimizer: plain SGD at rate 1,
+  so that `eps` is the step size whatever the main optimizer is);
+- GEM's projection (`cl_zoo.consolidation.gem`), with any method;
+- DGM's mask gating of its generator (`cl_zoo.methods.dgm`).
+
+Under `tf.distribute` a rule that is not linear in the gradient (a sign, a
+projection) must see the gradient of the global batch: `apply_rules`
+all-reduces the gradients of its variables, rewrites them, and divides the
+result by the replica count, because `optimizer.apply` sums the replicas'
+gradients again (keras-team/keras#19308). A linear rule (freezing, gating)
+commutes with the sum, so it rewrites each replica's gradient as it is and
+costs no all-reduce. Rules apply in order; each sees the previous ones'
+output.
 """
 
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
 from keras import ops
 
-from cl_zoo.replicas import cross_replica_sum
+from cl_zoo.replicas import cross_replica_sum, num_replicas
 from cl_zoo.settings import Setting
 
 # The step of the sign rule, read by every method that uses one.
@@ -29,7 +39,85 @@ EPSILON = Setting(
     "it).", above=0, expected="a positive number")
 
 
-class SignGradientRule:
+class GradientRule:
+    """A rewrite of the gradients of `variables()`.
+
+    Subclasses set `linear` (True when the rewrite commutes with a sum over
+    replicas) and implement `rewrite`. A rule with an `optimizer` owns its
+    variables: the model's main optimizer leaves them to it.
+    """
+
+    linear = False
+    optimizer = None
+    name = "rule"
+
+    def variables(self):
+        """The variables whose gradients this rule rewrites."""
+        return []
+
+    def rewrite(self, model, grads):
+        """The new gradients of `variables()`, in their order.
+
+        Args:
+            model: the model being trained.
+            grads: the gradients of `variables()`: of the global batch
+                (summed over replicas) unless the rule is linear.
+        """
+        raise NotImplementedError
+
+    def build(self):
+        """Creates the rule's own state (its optimizer); called before
+        training, under the strategy's scope."""
+
+
+def apply_rules(model, rules, grads, variables):
+    """`grads` of `variables` with every rule of `rules` applied in order.
+
+    Runs in a replica context (inside `train_step`); returns gradients to
+    hand to `optimizer.apply`, which sums them over replicas.
+    """
+    grads = list(grads)
+    position = {id(v): i for i, v in enumerate(variables)}
+    replicas = num_replicas()
+    for rule in rules:
+        index = [position[id(v)] for v in rule.variables()
+                 if id(v) in position]
+        if not index:
+            continue
+        chosen = [grads[i] for i in index]
+        if rule.linear or replicas == 1:
+            new = rule.rewrite(model, chosen)
+        else:
+            total = [cross_replica_sum(g) for g in chosen]
+            new = [g / replicas for g in rule.rewrite(model, total)]
+        for i, g in zip(index, new):
+            grads[i] = g
+    return grads
+
+
+class FreezeRule(GradientRule):
+    """Zeroes the gradients of `variables` while `switch` is 1.0.
+
+    `switch` is a variable (the model's `frozen`, 1.0 from the second task
+    on), so freezing needs no recompile or retrace.
+    """
+
+    linear = True
+    name = "freeze"
+
+    def __init__(self, variables, switch):
+        self._variables = list(variables)
+        self.switch = switch
+
+    def variables(self):
+        return self._variables
+
+    def rewrite(self, model, grads):
+        keep = 1.0 - self.switch
+        return [g * ops.cast(keep, g.dtype) for g in grads]
+
+
+class SignGradientRule(GradientRule):
     """`v <- v - epsilon * sign(grad)` for a group of variables.
 
     `sign=False` gives the ablation in the gradient direction,
@@ -52,29 +140,26 @@ class SignGradientRule:
         self.epsilon = float(epsilon)
         self.name = name
         self.sign = bool(sign)
-        self.variables = []
+        # Without the sign the step is linear in the gradient.
+        self.linear = not self.sign
+        self._variables = []
         self.optimizer = None
 
     def bind(self, variables):
         """Takes ownership of `variables` (call before `build`)."""
-        self.variables = list(variables)
+        self._variables = list(variables)
+
+    def variables(self):
+        return self._variables
 
     def build(self):
         self.optimizer = keras.optimizers.SGD(
             learning_rate=1.0, name=f"{self.name}_sgd"
         )
-        self.optimizer.build(self.variables)
+        self.optimizer.build(self._variables)
 
-    def apply(self, grads):
+    def rewrite(self, model, grads):
         if not self.sign:
-            # Linear in the gradient: apply's sum over replicas is right.
-            self.optimizer.apply(
-                [self.epsilon * g for g in grads], self.variables
-            )
-            return
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        updates = [
-            self.epsilon * ops.sign(cross_replica_sum(g)) / replicas
-            for g in grads
-        ]
-        self.optimizer.apply(updates, self.variables)
+            return [self.epsilon * g for g in grads]
+        return [self.epsilon * ops.sign(g) for g in grads]
+

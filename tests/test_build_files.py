@@ -397,3 +397,20 @@ def test_module_bazel_pins_the_installed_dependencies():
     pins = {re.sub(r"[-_.]+", "-", k.lower()): v for k, v in pins.items()}
     for name in DIRECT_REQUIREMENTS:
         assert pins.get(name) == importlib.metadata.version(name), name
+
+
+def test_ci_runs_the_readmes_test_command_with_the_lock():
+    """`.ci/run` calls the README's test command, which installs with the
+    lock file as constraints (a new release of a dependency cannot break
+    CI), and lints."""
+    with open(os.path.join(REPO_ROOT, "README.md")) as f:
+        readme = f.read()
+    with open(os.path.join(REPO_ROOT, ".ci", "run")) as f:
+        ci = f.read()
+    (command,) = re.findall(r"^(pip install .*python -m pytest)$", readme,
+                            re.MULTILINE)
+    assert "-c requirements_lock.txt" in command
+    assert command in ci.splitlines()
+    assert "ruff check ." in ci.splitlines()
+    with open(os.path.join(REPO_ROOT, "requirements_lock.txt")) as f:
+        assert re.search(r"^ruff==", f.read(), re.MULTILINE)

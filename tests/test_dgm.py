@@ -327,8 +327,11 @@ def test_bad_settings_are_refused(ci_benchmark):
         _config(replay_jitter=-0.5)
     with pytest.raises(ConfigError, match="classifier_dropout"):
         _config(classifier_dropout=1.0)
+    with pytest.raises(ConfigError, match="--head=multi is not allowed"):
+        _config(head="multi")
     with pytest.raises(ValueError, match="head='single'"):
-        get_method("dgm").from_run_config(_config(head="multi"), ci_benchmark)
+        get_method("dgm").from_run_config(
+            _config().replace(head="multi"), ci_benchmark)
     flat = Benchmark(
         "flat", train=(np.zeros((4, 10), np.uint8), np.arange(4) % 2),
         test=(np.zeros((4, 10), np.uint8), np.arange(4) % 2),

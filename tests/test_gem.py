@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from cl_zoo import train_lib
 from cl_zoo.config import resolve_config
+from cl_zoo.consolidation.gem import GEM as GEMProjection
 from cl_zoo.methods import get_method
 from cl_zoo.methods.gem import GEM, project_gradient, solve_gem_dual
 
@@ -149,11 +150,11 @@ def test_memory_holds_seeded_examples_of_each_task(tiny_benchmark, head):
     model = _gem(tiny_benchmark, head=head)
     model.end_task(0, tiny_benchmark)
     model.end_task(1, tiny_benchmark)
-    mem_x, mem_y, count = (v.numpy() for v in model.memory)
+    mem_x, mem_y, count = (v.numpy() for v in model.consolidation.memory)
     assert count.tolist() == [24, 24, 0]
     for t in (0, 1):
         x, y = tiny_benchmark.train_arrays(t, head=model.label_mode)
-        keep = model.memory_indices(t, len(x))
+        keep = model.consolidation.memory_indices(t, len(x))
         assert len(set(keep.tolist())) == 24
         np.testing.assert_array_equal(mem_x[t], x[keep])
         np.testing.assert_array_equal(mem_y[t], y[keep])
@@ -163,16 +164,16 @@ def test_memory_holds_seeded_examples_of_each_task(tiny_benchmark, head):
     # The same seed keeps the same examples; another seed others.
     again = _gem(tiny_benchmark, head=head)
     again.end_task(1, tiny_benchmark)
-    np.testing.assert_array_equal(again.memory[0].numpy()[1], mem_x[1])
+    np.testing.assert_array_equal(again.consolidation.memory[0].numpy()[1], mem_x[1])
     other = _gem(tiny_benchmark, head=head, seed=1)
     other.end_task(1, tiny_benchmark)
-    assert not np.array_equal(other.memory[0].numpy()[1], mem_x[1])
+    assert not np.array_equal(other.consolidation.memory[0].numpy()[1], mem_x[1])
 
 
 def test_short_task_fills_part_of_the_memory(tiny_benchmark):
     model = _gem(tiny_benchmark, memory_size=100)
     model.end_task(2, tiny_benchmark)
-    mem_x, mem_y, count = (v.numpy() for v in model.memory)
+    mem_x, mem_y, count = (v.numpy() for v in model.consolidation.memory)
     x, y = tiny_benchmark.train_arrays(2)
     assert count[2] == len(x) == 80
     np.testing.assert_array_equal(mem_x[2, :80], x)
@@ -187,9 +188,9 @@ def test_memory_gradients_are_each_old_tasks_mean_loss_gradient(
         _train(model, tiny_benchmark, task, epochs=1)
     model.begin_task(2, tiny_benchmark)
     variables = model.trainable_variables
-    rows = model.memory_gradients(variables).numpy()
+    rows = model.consolidation.memory_gradients(model, variables).numpy()
     assert rows.shape == (3, sum(int(np.prod(v.shape)) for v in variables))
-    mem_x, mem_y = (v.numpy() for v in model.memory[:2])
+    mem_x, mem_y = (v.numpy() for v in model.consolidation.memory[:2])
     for t in (0, 1):
         with tf.GradientTape() as tape:
             logits = model({"x": mem_x[t], "task": tf.fill([24], t)})
@@ -215,7 +216,7 @@ def test_fit_takes_the_projected_step(tiny_benchmark, margin):
     variables = model.trainable_variables
     x, y = tiny_benchmark.train_arrays(1, limit=16)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    mem_x, mem_y = (v.numpy() for v in model.memory[:2])
+    mem_x, mem_y = (v.numpy() for v in model.consolidation.memory[:2])
 
     def memory_loss():
         inputs = {"x": mem_x[0], "task": np.zeros(24, "int32")}
@@ -286,7 +287,7 @@ def test_one_and_two_replicas_take_the_same_steps(tiny_benchmark,
             model.end_task(task, tiny_benchmark)
         projected.append(history.history["projected"])
         results.append([v.numpy() for v in model.trainable_variables])
-        for v in model.method_state.variables:
+        for v in model.consolidation.state_variables():
             copies = [c.numpy() for c in getattr(v.value, "values", [v])]
             for c in copies[1:]:
                 np.testing.assert_array_equal(c, copies[0])
@@ -330,8 +331,7 @@ def test_xla_takes_the_same_steps(tiny_benchmark):
 )
 def test_bad_arguments_are_clear_errors(kwargs, fragment):
     with pytest.raises(ValueError, match=fragment):
-        GEM(input_shape=(4,), num_classes=2, task_classes=[[0], [1]],
-            **kwargs)
+        GEMProjection(**kwargs)
 
 
 def test_end_task_needs_the_benchmark(tiny_benchmark):
@@ -344,20 +344,21 @@ def test_config_round_trip_and_keras_file(tiny_benchmark, tmp_path,
                                           assert_round_trips):
     model = _gem(tiny_benchmark, head="multi", memory_size=7, gem_margin=0.25)
     _train(model, tiny_benchmark, 0, epochs=1)
-    config = model.get_config()
-    assert (config["memory_size"], config["margin"]) == (7, 0.25)
+    gem = model.consolidation.config()
+    assert (gem["memory_size"], gem["margin"]) == (7, 0.25)
     x, _ = tiny_benchmark.test_arrays(1, head="multi")
     loaded = assert_round_trips(model, x, str(tmp_path / "gem.keras"))
     assert isinstance(loaded, GEM)
     # The memory is training state: not among the saved weights.
     assert len(loaded.weights) == len(model.weights)
-    assert not loaded.method_state.built
+    assert loaded.consolidation is None
 
 
 def test_storage_adds_one_tasks_memory():
     model = GEM(input_shape=(28, 28, 1), num_classes=10,
                 task_classes=[[0, 1], [2, 3]], head="multi",
-                hidden_units=(512, 256), memory_size=256)
+                hidden_units=(512, 256),
+                consolidation=GEMProjection(memory_size=256))
     model.build_for_inputs()
     head = 4 * (256 + 1) * 2
     assert model.storage_bytes_per_task() == head + 256 * (4 * 784 + 4)
@@ -382,10 +383,11 @@ def test_run_keeps_old_tasks_and_checkpoints_the_memory(tmp_path,
     assert np.all(np.diag(r) > 0.9) and np.all(r[-1] > 0.9)
     model = run.model
     assert results["storage_bytes_per_task"] == 16 * (4 * 36 + 4)
-    memory = [v.numpy() for v in model.method_state.variables]
+    memory = [v.numpy() for v in model.consolidation.state_variables()]
     assert memory[2].tolist() == [16, 16, 16]
     exported = {id(v) for v in model.inference_variables()}
-    assert not exported & {id(v) for v in model.method_state.variables}
+    assert not exported & {
+        id(v) for v in model.consolidation.state_variables()}
     assert results["num_params"] == sum(
         int(np.prod(v.shape)) for v in model.variables
     )
@@ -395,5 +397,5 @@ def test_run_keeps_old_tasks_and_checkpoints_the_memory(tmp_path,
     fresh.checkpoint.root = run.checkpoint.root
     fresh.checkpoint.restore(train_lib.read_progress(
         run.config.model_dir)["checkpoint"])
-    for a, v in zip(memory, fresh.model.method_state.variables):
+    for a, v in zip(memory, fresh.model.consolidation.state_variables()):
         np.testing.assert_array_equal(a, v.numpy())

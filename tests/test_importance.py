@@ -10,19 +10,20 @@ from conftest import resolve_for
 from cl_zoo.config import resolve_config
 from cl_zoo.consolidation import MAS, SI, SPP
 from cl_zoo.consolidation.importance import spp_term
+from cl_zoo.consolidation.lwf import LwF
 from cl_zoo.consolidation.per_example import mean_over_examples
 from cl_zoo.consolidation.registry import make_consolidation
 from cl_zoo.methods import get_method
 
 
 def _model(benchmark, consolidation=None, name="finetune", lr=0.05,
-           **overrides):
+           settings=None, **overrides):
     keras.utils.set_random_seed(1)
     cls = get_method(name)
     config = resolve_for(
         cls, "tiny",
         {"hidden_units": (8,), "fisher_samples": 24, "head": "multi",
-         **overrides},
+         **overrides, **(settings or {})},
     )
     if consolidation is None:
         model = cls.from_run_config(config, benchmark)
@@ -202,16 +203,25 @@ def test_si_path_integral_matches_hand_kept_sum(tiny_benchmark):
     assert sum(v.numpy().sum() for v in si.importance) > 0
 
 
-@pytest.mark.parametrize("name", ["spp", "si", "lwf"])
-def test_one_and_two_replicas_agree(name, tiny_benchmark, mirrored_strategy):
+@pytest.mark.parametrize("name, consolidation", [
+    ("spp", None), ("si", None), ("lwf", None),
+    # BD+LwF: bias units' sign rule with a penalty on the batch.
+    ("bd_ewc", "lwf"),
+])
+def test_one_and_two_replicas_agree(name, consolidation, tiny_benchmark,
+                                    mirrored_strategy):
     """The same batches give the same parameters and state on 1 and 2
     replicas, across a task boundary (importances, anchors, old network)."""
-    data = [tiny_benchmark.train_arrays(t, head="multi", limit=16)
+    head = "single" if consolidation else "multi"
+    data = [tiny_benchmark.train_arrays(t, head=head, limit=16)
             for t in range(2)]
     results = []
     for strategy in (tf.distribute.get_strategy(), mirrored_strategy):
         with strategy.scope():
-            model = _model(tiny_benchmark, name=name, lr=0.05)
+            extra = {"consolidation": consolidation, "bias_hidden": 4,
+                     "head": "single"} if consolidation else {}
+            model = _model(tiny_benchmark, name=name, lr=0.05,
+                           settings=extra)
         for task, (x, y) in enumerate(data):
             model.begin_task(task, tiny_benchmark)
             ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
@@ -230,7 +240,7 @@ def test_registry_builds_each_consolidation():
                             {"consolidation": "spp", "spp_lambda": 3.0})
     spp = make_consolidation(config.consolidation, config)
     assert isinstance(spp, SPP) and spp.strength == 3.0
-    for name, cls in (("si", SI), ("mas", MAS)):
+    for name, cls in (("si", SI), ("mas", MAS), ("lwf", LwF)):
         config = resolve_config(get_method("bd_ewc"), "split_mnist",
                                 {"consolidation": name})
         assert isinstance(make_consolidation(name, config), cls)
@@ -247,13 +257,13 @@ def test_lwf_holds_old_heads_to_the_old_network(tiny_benchmark):
         model.fit(model.train_dataset(0, tiny_benchmark, 16), epochs=3,
                   verbose=0, shuffle=False)
         x, _ = tiny_benchmark.train_arrays(1, head="multi", limit=64)
-        assert float(model.distillation_loss(x)) == 0.0
+        lwf = model.consolidation
+        assert float(lwf.distillation_loss(model, x)) == 0.0
         model.end_task(0, tiny_benchmark)
         old = model({"x": x, "task": np.zeros(len(x), "int32")}).numpy()
         model.begin_task(1, tiny_benchmark)
         np.testing.assert_array_equal(
-            model.method_state["old_weights"][0].numpy(),
-            model.trainable_variables[0].numpy())
+            lwf.old_weights[0].numpy(), model.trainable_variables[0].numpy())
         model.fit(model.train_dataset(1, tiny_benchmark, 16), epochs=5,
                   verbose=0, shuffle=False)
         new = model({"x": x, "task": np.zeros(len(x), "int32")}).numpy()

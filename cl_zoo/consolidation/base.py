@@ -59,6 +59,9 @@ class Consolidation(abc.ABC):
     name = "consolidation"
     # The settings `from_config` reads (`cl_zoo.settings.Setting`).
     SETTINGS = ()
+    # False for a consolidation that protects through a gradient rule only
+    # (GEM's projection): no penalty enters the loss.
+    has_penalty = True
     # True when `penalty_and_gradients` gives the penalty's gradient in
     # closed form: the train step then adds it to the tape's gradients
     # instead of differentiating the penalty (fewer ops per weight).
@@ -108,6 +111,42 @@ class Consolidation(abc.ABC):
     @abc.abstractmethod
     def penalty(self, model):
         """The penalty for the current parameters, a float32 scalar."""
+
+    def batch_penalty(self, model, x):
+        """The penalty on a training batch `x` (the model's inputs): the
+        same as `penalty` unless it depends on the data (LwF's
+        distillation)."""
+        del x
+        return self.penalty(model)
+
+    def gradient_rules(self, model):
+        """`cl_zoo.rules.GradientRule`s this consolidation adds to the train
+        step (GEM's projection); none for a penalty."""
+        del model
+        return []
+
+    @property
+    def metrics(self):
+        """Keras metrics the train step logs beside the penalty."""
+        return []
+
+    def per_task_bytes(self, model):
+        """Bytes this consolidation keeps for each task (GEM's memory);
+        a penalty's state does not grow with the tasks."""
+        del model
+        return 0
+
+    def add_variables(self, key, shapes, dtype="float32"):
+        """Non-trainable state variables of the given shapes, under `key`
+        (checkpointed with the run, left out of exports)."""
+        self.state[key] = [
+            keras.Variable(
+                initializer="zeros", shape=shape, dtype=dtype,
+                trainable=False, name=f"{key}_{i}",
+            )
+            for i, shape in enumerate(shapes)
+        ]
+        return self.state[key]
 
     def penalty_and_gradients(self):
         """`(penalty, [d penalty / d param for param in self.params])`.

@@ -31,6 +31,8 @@ from keras import ops
 
 from cl_zoo.config import ARCHITECTURES
 from cl_zoo.layers.heads import HEAD_MODES, TaskHead
+from cl_zoo.replicas import num_replicas, replica_share
+from cl_zoo.rules import FreezeRule, apply_rules
 
 
 def check_choice(name, value, allowed):
@@ -432,15 +434,17 @@ class ContinualModel(keras.Model):
             sample_weight=sample_weight,
             training=training,
         )
-        if (training and self.consolidation is not None
-                and not self.consolidation.closed_form_gradient):
-            penalty = self.consolidation.penalty(self)
+        consolidation = self.consolidation
+        if (training and consolidation is not None
+                and consolidation.has_penalty
+                and not consolidation.closed_form_gradient):
+            # The batch reaches penalties that need it (LwF's distillation).
+            penalty = consolidation.batch_penalty(self, x)
             self._penalty_tracker.update_state(penalty)
             # Keras divides compiled losses by the replica count before the
             # gradients are summed across replicas; a penalty added by hand
             # must be divided too, or it counts once per replica.
-            replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            loss = loss + ops.cast(penalty, loss.dtype) / replicas
+            loss = loss + replica_share(ops.cast(penalty, loss.dtype))
         return loss
 
     def train_step(self, data):
@@ -457,7 +461,7 @@ class ContinualModel(keras.Model):
             scaled = self.optimizer.scale_loss(loss)
         variables = self.trainable_variables
         grads = tape.gradient(scaled, variables)
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        replicas = num_replicas()
         if (self.consolidation is not None
                 and self.consolidation.closed_form_gradient):
             loss, grads = self._add_penalty_gradients(
@@ -472,7 +476,10 @@ class ContinualModel(keras.Model):
         self.after_apply(grads, variables)
         logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
         if self.consolidation is not None:
-            logs["penalty"] = self._penalty_tracker.result()
+            if self.consolidation.has_penalty:
+                logs["penalty"] = self._penalty_tracker.result()
+            for tracker in self.consolidation.metrics:
+                logs[tracker.name] = tracker.result()
         return logs
 
     def _add_penalty_gradients(self, loss, grads, variables, replicas):
@@ -501,24 +508,28 @@ class ContinualModel(keras.Model):
         loss = loss + ops.cast(penalty, loss.dtype) / replicas
         return loss, grads
 
-    def transform_gradients(self, grads, variables):
-        """Gradient rules between `tape.gradient` and `optimizer.apply`.
+    def rules(self):
+        """Every gradient rule of a train step, in the order they apply:
+        freezing, the method's own (`gradient_rules`), the
+        consolidation's (GEM's projection)."""
+        rules = []
+        frozen = self.frozen_variables()
+        if frozen:
+            rules.append(FreezeRule(frozen, self.frozen))
+        rules += self.gradient_rules
+        if self.consolidation is not None:
+            rules += self.consolidation.gradient_rules(self)
+        return rules
 
-        Runs in replica context: a rule that is not linear in the gradient
-        (a sign, a clip) must all-reduce first (`cross_replica_sum`).
-        """
+    def transform_gradients(self, grads, variables):
+        """Gradient rules between `tape.gradient` and `optimizer.apply`,
+        through `cl_zoo.rules.apply_rules` (which all-reduces for the rules
+        that are not linear in the gradient)."""
         grads = [
             g if g is not None else ops.zeros_like(v)
             for g, v in zip(grads, variables)
         ]
-        frozen = {id(v) for v in self.frozen_variables()}
-        if not frozen:
-            return grads
-        keep = 1.0 - self.frozen
-        return [
-            g * ops.cast(keep, g.dtype) if id(v) in frozen else g
-            for g, v in zip(grads, variables)
-        ]
+        return apply_rules(self, self.rules(), grads, variables)
 
     def frozen_variables(self):
         """Variables that stop training after the first task (none here).
@@ -530,15 +541,19 @@ class ContinualModel(keras.Model):
 
     def apply_gradients(self, grads, variables):
         """Main optimizer for most variables, each rule for its own."""
-        owner = {}
-        for rule in self.gradient_rules:
-            for v in rule.variables:
-                owner[id(v)] = rule
+        owned = self._owning_rules()
+        owner = {id(v) for rule in owned for v in rule.variables()}
         main = [(g, v) for g, v in zip(grads, variables) if id(v) not in owner]
         self.optimizer.apply([g for g, _ in main], [v for _, v in main])
         by_id = {id(v): g for g, v in zip(grads, variables)}
-        for rule in self.gradient_rules:
-            rule.apply([by_id[id(v)] for v in rule.variables])
+        for rule in owned:
+            rule.optimizer.apply(
+                [by_id[id(v)] for v in rule.variables()], rule.variables()
+            )
+
+    def _owning_rules(self):
+        """The rules that apply their variables with their own optimizer."""
+        return [r for r in self.gradient_rules if r.optimizer is not None]
 
     def extra_optimizers(self):
         """Optimizers besides `self.optimizer` and the rules' (DGM's
@@ -552,7 +567,7 @@ class ContinualModel(keras.Model):
 
     def optimizer_variables(self):
         """Trainable variables the main optimizer updates."""
-        owned = {id(v) for r in self.gradient_rules for v in r.variables}
+        owned = {id(v) for r in self.gradient_rules for v in r.variables()}
         return [v for v in self.trainable_variables if id(v) not in owned]
 
     def build_optimizers(self):
@@ -597,7 +612,9 @@ class ContinualModel(keras.Model):
     def metrics(self):
         metrics = super().metrics
         if self.consolidation is not None:
-            metrics = [*metrics, self._penalty_tracker]
+            if self.consolidation.has_penalty:
+                metrics = [*metrics, self._penalty_tracker]
+            metrics = [*metrics, *self.consolidation.metrics]
         return metrics
 
     # ------------------------------------------------------------------
@@ -647,9 +664,12 @@ class ContinualModel(keras.Model):
         """Bytes of parameters that one more task adds to the model.
 
         The sum of the layers' `per_task_bytes()`: frozen bias rows (BPN),
-        memory units and weights (AMN), PSP key rows, per-task heads.
+        memory units and weights (AMN), PSP key rows, per-task heads; plus
+        what the consolidation keeps per task (GEM's episodic memory).
         """
         total = 0
+        if self.consolidation is not None:
+            total += self.consolidation.per_task_bytes(self)
         for layer in [*self.hidden_layers, self.head]:
             if hasattr(layer, "per_task_bytes"):
                 total += layer.per_task_bytes()

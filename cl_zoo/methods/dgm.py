@@ -43,6 +43,8 @@ from cl_zoo.augment import jitter
 from cl_zoo.layers.masked import MaskedConv2DTranspose
 from cl_zoo.methods.base import ContinualModel, reset_optimizer_slots
 from cl_zoo.methods.registry import register
+from cl_zoo.replicas import replica_share
+from cl_zoo.rules import GradientRule, apply_rules
 from cl_zoo.settings import ConfigError, Setting
 
 # DGM's schedules of the gate scale s within a task (`--s_anneal`).
@@ -54,6 +56,27 @@ def float_tuple(value):
     if isinstance(value, int | float):
         return (float(value),)
     return tuple(float(v) for v in value)
+
+
+class MaskGateRule(GradientRule):
+    """HAT's gating of the generator's gradients (linear: each weight's
+    gradient times its multiplier, see `MaskedConv2DTranspose`)."""
+
+    linear = True
+    name = "mask_gates"
+
+    def __init__(self, variables, multipliers):
+        self.multipliers = multipliers
+        self._variables = [v for v in variables if id(v) in multipliers]
+
+    def variables(self):
+        return self._variables
+
+    def rewrite(self, model, grads):
+        return [
+            g * ops.cast(self.multipliers[id(v)], g.dtype)
+            for g, v in zip(grads, self._variables)
+        ]
 
 
 # The paper's lambda_G is 0.01 and its replay as many per class as the
@@ -629,7 +652,6 @@ class DGM(ContinualModel):
         x = ops.cast(x, "float32")
         y = ops.cast(ops.reshape(y, (-1,)), "int32")
         batch = tf.shape(x)[0]
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
         s = self.gate_scale()
         task = self.task
         unused = ops.zeros((batch,), "int32")
@@ -678,7 +700,7 @@ class DGM(ContinualModel):
                 count += weight * ops.cast(batch, "float32")
             class_loss = class_loss / count
             d_loss = wasserstein + self.gp_weight * gp + class_loss
-            scaled = d_loss / replicas
+            scaled = replica_share(d_loss)
         d_vars = self.discriminator_variables()
         grads = tape.gradient(scaled, d_vars)
         self.optimizer.apply(grads, d_vars)
@@ -694,14 +716,12 @@ class DGM(ContinualModel):
                 y, self.classify(h), from_logits=True))
             mask_reg = self.reg_weight * self.generator.sparsity(task, s)
             g_loss = adversarial + auxiliary + self.mask_lambda * mask_reg
-            scaled = g_loss / replicas
+            scaled = replica_share(g_loss)
         g_vars = self.generator_variables()
         grads = tape.gradient(scaled, g_vars)
-        rules = self.generator.gradient_multipliers(s, self.s_max)
-        grads = [
-            g * ops.cast(rules[id(v)], g.dtype) if id(v) in rules else g
-            for g, v in zip(grads, g_vars)
-        ]
+        gates = MaskGateRule(
+            g_vars, self.generator.gradient_multipliers(s, self.s_max))
+        grads = apply_rules(self, [gates], grads, g_vars)
         self.generator_optimizer.apply(grads, g_vars)
 
         predicted = ops.cast(ops.argmax(logits_real, axis=-1), "int32")
