@@ -20,15 +20,20 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-from cl_zoo.settings import ConfigError, Setting, format_value, merge
+from cl_zoo.consolidation.registry import (
+    consolidation_names,
+    get_consolidation,
+)
+from cl_zoo.losses import LOSSES
+from cl_zoo.methods import get_method, method_names
+from cl_zoo.methods.base import ARCHITECTURES
+from cl_zoo.settings import ConfigError, Setting, merge
 
 __all__ = ["ConfigError", "RunConfig", "resolve_config", "RUN_SETTINGS"]
 
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored")
 OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
 HEADS = ("single", "multi", "shared")
-LOSSES = ("softmax", "sigmoid")
-ARCHITECTURES = ("mlp", "lenet")
 
 # The run's generic settings, in the order `--help` lists them. `method`
 # and `benchmark` are the two required names, resolved apart.
@@ -189,17 +194,10 @@ def run_settings():
     return {s.name: s for s in RUN_SETTINGS}
 
 
-def consolidation_class(name):
-    """The registered consolidation class `name` (None for "none")."""
-    from cl_zoo.consolidation.registry import get_consolidation
-
-    return get_consolidation(name)
-
-
 def applicable_settings(method_cls, consolidation):
     """`{name: Setting}` a run of `method_cls` with `consolidation` reads."""
     groups = [RUN_SETTINGS, method_cls.settings()]
-    cls = consolidation_class(consolidation)
+    cls = get_consolidation(consolidation)
     if cls is not None:
         groups.append(cls.SETTINGS)
     return merge(groups)
@@ -207,12 +205,6 @@ def applicable_settings(method_cls, consolidation):
 
 def all_settings():
     """`{name: Setting}` of the run, every method and consolidation."""
-    from cl_zoo.consolidation.registry import (
-        consolidation_names,
-        get_consolidation,
-    )
-    from cl_zoo.methods import get_method, method_names
-
     groups = [RUN_SETTINGS]
     groups += [get_method(m).settings() for m in method_names()]
     groups += [
@@ -224,12 +216,6 @@ def all_settings():
 
 def owners_of(name):
     """`(methods, consolidations)` that declare setting `name`."""
-    from cl_zoo.consolidation.registry import (
-        consolidation_names,
-        get_consolidation,
-    )
-    from cl_zoo.methods import get_method, method_names
-
     methods = [m for m in method_names()
                if name in {s.name for s in get_method(m).settings()}]
     consolidations = [
@@ -263,7 +249,8 @@ def parse_setting(key, text):
     return settings[key].parse(text)
 
 
-def resolve_config(method_cls, benchmark: str, overrides: dict) -> RunConfig:
+def resolve_config(method_cls, benchmark: str, overrides: dict, *,
+                   skip_unread=False) -> RunConfig:
     """Layers the defaults and the user's values into a checked RunConfig.
 
     Args:
@@ -272,6 +259,10 @@ def resolve_config(method_cls, benchmark: str, overrides: dict) -> RunConfig:
         overrides: values the user set (`None` values are ignored). With
             `fast=True`, the method's `fast_config` preset comes between its
             defaults and the user's values.
+        skip_unread: leave out the overrides that this method's run does
+            not read, instead of refusing them: for one dict of settings
+            shared by several methods (a comparison script). The command
+            line never does.
 
     Raises:
         ConfigError: an unknown setting, a value out of its range, a setting
@@ -293,9 +284,6 @@ def resolve_config(method_cls, benchmark: str, overrides: dict) -> RunConfig:
             )
         layered.update(preset)
     layered.update(given)
-
-    from cl_zoo.consolidation.registry import consolidation_names
-
     consolidation = layered.get("consolidation", "none")
     if consolidation not in consolidation_names():
         raise ConfigError(
@@ -314,7 +302,10 @@ def resolve_config(method_cls, benchmark: str, overrides: dict) -> RunConfig:
         if key not in known:
             raise ConfigError(f"Unknown setting --{key}.")
         if key not in applicable:
-            raise _not_read(key, method, consolidation)
+            if not skip_unread:
+                raise _not_read(key, method, consolidation)
+            del given[key]
+            layered.pop(key)
     if "adam_beta1" in given and layered["optimizer"] != "adam":
         raise ConfigError(
             f"--adam_beta1 is read with --optimizer=adam only (this run: "
@@ -347,7 +338,3 @@ def _check_run(values):
             "multi_worker_mirrored) to use the extra devices."
         )
 
-
-def describe(value):
-    """A value as a person types it (`200,100`, `0.001`, `true`)."""
-    return format_value(value)

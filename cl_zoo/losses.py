@@ -10,7 +10,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from cl_zoo.config import LOSSES
+# The training losses over the logits (`--loss`).
+LOSSES = ("softmax", "sigmoid")
 
 
 @keras.saving.register_keras_serializable(package="cl_zoo")

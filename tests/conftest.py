@@ -52,18 +52,29 @@ def make_tiny_benchmark(
     )
 
 
-def resolve_for(cls, benchmark, values):
-    """`resolve_config` with test settings shared across methods: keys that
-    the method's run does not read are left out (the library refuses them;
-    test helpers pass one dict of small sizes to every method)."""
-    from cl_zoo.config import applicable_settings, resolve_config
+def _make_class_incremental(num_classes=3, side=8, per_class=48, seed=0):
+    """One class per task; class c is a bright horizontal band at row c."""
+    rng = np.random.default_rng(seed)
 
-    consolidation = values.get("consolidation") or resolve_config(
-        cls, benchmark, {}).consolidation
-    keep = applicable_settings(cls, consolidation)
-    return resolve_config(
-        cls, benchmark, {k: v for k, v in values.items() if k in keep}
+    def pool(n):
+        y = np.repeat(np.arange(num_classes), n)
+        x = rng.integers(0, 40, size=(len(y), side, side, 1))
+        for c in range(num_classes):
+            x[y == c, 2 * c:2 * c + 2] += 200
+        return x.clip(0, 255).astype(np.uint8), y
+
+    return Benchmark(
+        "tiny_ci", train=pool(per_class), test=pool(per_class // 2),
+        task_classes=[[c] for c in range(num_classes)],
+        num_classes=num_classes,
     )
+
+
+
+@pytest.fixture(scope="session")
+def make_class_incremental():
+    """`_make_class_incremental`: DGM's tiny class-incremental images."""
+    return _make_class_incremental
 
 
 def _assert_round_trips(model, x, path):

@@ -3,7 +3,6 @@
 import keras
 import numpy as np
 import pytest
-from conftest import resolve_for
 
 from cl_zoo import export as export_lib
 from cl_zoo import train_lib
@@ -97,7 +96,7 @@ def _amn(name, benchmark, optimizer=None, **overrides):
     cls = get_method(name)
     values = {"hidden_units": (8, 8), "fisher_samples": 16, "epsilon": EPS,
               "memory_units": 3, **overrides}
-    config = resolve_for(cls, "tiny", values)
+    config = resolve_config(cls, "tiny", values, skip_unread=True)
     model = cls.from_run_config(config, benchmark)
     model.build_for_inputs()
     model.compile(

@@ -20,26 +20,8 @@ from cl_zoo.methods import get_method
 from cl_zoo.plots import confusion_png
 
 
-def make_class_incremental(num_classes=3, side=8, per_class=48, seed=0):
-    """One class per task; class c is a bright horizontal band at row c."""
-    rng = np.random.default_rng(seed)
-
-    def pool(n):
-        y = np.repeat(np.arange(num_classes), n)
-        x = rng.integers(0, 40, size=(len(y), side, side, 1))
-        for c in range(num_classes):
-            x[y == c, 2 * c:2 * c + 2] += 200
-        return x.clip(0, 255).astype(np.uint8), y
-
-    return Benchmark(
-        "tiny_ci", train=pool(per_class), test=pool(per_class // 2),
-        task_classes=[[c] for c in range(num_classes)],
-        num_classes=num_classes,
-    )
-
-
 @pytest.fixture(scope="module")
-def ci_benchmark():
+def ci_benchmark(make_class_incremental):
     return make_class_incremental()
 
 
@@ -307,7 +289,7 @@ def test_lr_decay_reaches_the_generator_optimizer(ci_benchmark):
         assert float(opt.learning_rate) == pytest.approx(1.25e-4)
 
 
-def test_a5_and_a10_weigh_classes_by_test_examples():
+def test_a5_and_a10_weigh_classes_by_test_examples(make_class_incremental):
     bm = make_class_incremental(num_classes=10, side=8, per_class=4)
     matrix = [[0.0] * 10 for _ in range(10)]
     matrix[4][:5] = [1.0, 1.0, 1.0, 1.0, 0.0]
@@ -318,7 +300,7 @@ def test_a5_and_a10_weigh_classes_by_test_examples():
     assert extra["a10"] == pytest.approx(0.5)
 
 
-def test_bad_settings_are_refused(ci_benchmark):
+def test_bad_settings_are_refused(ci_benchmark, make_class_incremental):
     with pytest.raises(ConfigError, match="generator_capacity"):
         _config(generator_capacity=0.5)
     with pytest.raises(ConfigError, match="replay_per_class"):

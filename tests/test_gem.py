@@ -164,10 +164,12 @@ def test_memory_holds_seeded_examples_of_each_task(tiny_benchmark, head):
     # The same seed keeps the same examples; another seed others.
     again = _gem(tiny_benchmark, head=head)
     again.end_task(1, tiny_benchmark)
-    np.testing.assert_array_equal(again.consolidation.memory[0].numpy()[1], mem_x[1])
+    np.testing.assert_array_equal(
+        again.consolidation.memory[0].numpy()[1], mem_x[1])
     other = _gem(tiny_benchmark, head=head, seed=1)
     other.end_task(1, tiny_benchmark)
-    assert not np.array_equal(other.consolidation.memory[0].numpy()[1], mem_x[1])
+    assert not np.array_equal(
+        other.consolidation.memory[0].numpy()[1], mem_x[1])
 
 
 def test_short_task_fills_part_of_the_memory(tiny_benchmark):

@@ -5,7 +5,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import resolve_for
 
 from cl_zoo.config import resolve_config
 from cl_zoo.consolidation import MAS, SI, SPP
@@ -20,10 +19,11 @@ def _model(benchmark, consolidation=None, name="finetune", lr=0.05,
            settings=None, **overrides):
     keras.utils.set_random_seed(1)
     cls = get_method(name)
-    config = resolve_for(
+    config = resolve_config(
         cls, "tiny",
         {"hidden_units": (8,), "fisher_samples": 24, "head": "multi",
          **overrides, **(settings or {})},
+        skip_unread=True,
     )
     if consolidation is None:
         model = cls.from_run_config(config, benchmark)

@@ -4,7 +4,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import resolve_for
 
 from cl_zoo import methods
 from cl_zoo.config import RunConfig, resolve_config
@@ -22,7 +21,8 @@ def build(name, benchmark, **overrides):
     keras.utils.set_random_seed(0)
     cls = get_method(name)
     overrides = {"hidden_units": (32, 32), "fisher_samples": 32, **overrides}
-    config = resolve_for(cls, benchmark.name, overrides)
+    config = resolve_config(cls, benchmark.name, overrides,
+                            skip_unread=True)
     model = cls.from_run_config(config, benchmark)
     model.build_for_inputs()
     model.compile(
@@ -64,13 +64,11 @@ def test_method_learns_each_task(name, tiny_benchmark):
     assert np.mean(pred == y) > 0.85
 
 
-def _small_benchmark(name, tiny_benchmark):
+def _small_benchmark(name, tiny_benchmark, make_class_incremental):
     """The tiny benchmark, or for dgm (class-incremental images whose side
     halves per generator layer) its own one-class-per-task set."""
     if name != "dgm":
         return tiny_benchmark, {}
-    from test_dgm import make_class_incremental
-
     return make_class_incremental(), {
         "generator_units": (6, 4), "noise_dim": 8,
         "generator_capacity": (3.0,), "batch_size": 16,
@@ -79,10 +77,12 @@ def _small_benchmark(name, tiny_benchmark):
 
 @pytest.mark.parametrize("name", method_names())
 def test_every_method_fits_and_round_trips(name, tiny_benchmark, tmp_path,
-                                           assert_round_trips):
+                                           assert_round_trips,
+                                           make_class_incremental):
     """Every registered method (found by discovery, none listed here): one
     fit of two tasks, then `get_config`/`from_config` and `.keras`."""
-    benchmark, extra = _small_benchmark(name, tiny_benchmark)
+    benchmark, extra = _small_benchmark(name, tiny_benchmark,
+                                        make_class_incremental)
     model = build(name, benchmark, **extra)
     for task in range(2):
         history = train_task(model, benchmark, task, epochs=1)

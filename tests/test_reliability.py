@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from absl.testing import flagsaver
-from conftest import resolve_for
 
 from cl_zoo import export as export_lib
 from cl_zoo import train_lib
@@ -36,7 +35,7 @@ def _build(name, benchmark, **overrides):
         "si_lambda": 10.0, "spp_lambda": 10.0, "mas_lambda": 10.0,
         **overrides,
     }
-    config = resolve_for(cls, "tiny", values)
+    config = resolve_config(cls, "tiny", values, skip_unread=True)
     model = cls.from_run_config(config, benchmark)
     model.build_for_inputs()
     model.compile(
@@ -110,7 +109,8 @@ def _config(tmp_path, name="run", method="bd_ewc", **overrides):
         "verbose": 0, "fisher_samples": 16, "eval_batch_size": 64,
         "export": False, **overrides,
     }
-    return resolve_for(get_method(method), "tiny", values)
+    return resolve_config(get_method(method), "tiny", values,
+                          skip_unread=True)
 
 
 def _comparable(results):

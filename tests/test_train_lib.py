@@ -8,7 +8,6 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import resolve_for
 
 from cl_zoo import metrics, train_lib
 from cl_zoo.config import resolve_config
@@ -28,7 +27,8 @@ def config_for(tmp_path, method="finetune", **overrides):
         "eval_batch_size": 64,
     }
     values.update(overrides)
-    return resolve_for(get_method(method), "tiny", values)
+    return resolve_config(get_method(method), "tiny", values,
+                          skip_unread=True)
 
 
 @pytest.fixture

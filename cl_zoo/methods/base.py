@@ -29,10 +29,11 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from cl_zoo.config import ARCHITECTURES
 from cl_zoo.layers.heads import HEAD_MODES, TaskHead
 from cl_zoo.replicas import num_replicas, replica_share
 from cl_zoo.rules import FreezeRule, apply_rules
+
+ARCHITECTURES = ("mlp", "lenet")
 
 
 def check_choice(name, value, allowed):

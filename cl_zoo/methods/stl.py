@@ -1,10 +1,10 @@
 """Single-task learning: a separate network for every task."""
 
-from cl_zoo.config import ConfigError
 from cl_zoo.layers.heads import TaskHead
 from cl_zoo.layers.task_dense import TaskDense
 from cl_zoo.methods.base import ContinualModel
 from cl_zoo.methods.registry import register
+from cl_zoo.settings import ConfigError
 
 
 @register("stl")
