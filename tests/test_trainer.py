@@ -9,6 +9,7 @@ import); `build_config` is also tested in-process with `flagsaver`.
 import concurrent.futures
 import os
 import re
+import time
 
 import pytest
 from absl.testing import flagsaver
@@ -68,6 +69,24 @@ BAD_CASES = {
         ("no_such_flag", "--help"),
     ),
     "missing_model_dir": (GOOD, ("--model_dir", "required")),
+    # Settings that the method (and its consolidation) would not read.
+    "consolidation_with_dgm": (
+        ("--method=dgm", "--benchmark=class_incremental_mnist",
+         "--consolidation=ewc"),
+        ("--consolidation=ewc cannot work with --method=dgm",),
+    ),
+    "epsilon_with_sgd": (
+        ("--method=sgd", "--benchmark=split_mnist", "--epsilon=5"),
+        ("--epsilon is not read by --method=sgd", "bd_ewc", "ad_ewc"),
+    ),
+    "bias_hidden_with_gem": (
+        ("--method=gem", "--benchmark=split_mnist", "--bias_hidden=7"),
+        ("--bias_hidden is not read by --method=gem", "bd_ewc"),
+    ),
+    "memory_units_with_ewc": (
+        ("--method=ewc", "--benchmark=split_mnist", "--memory_units=3"),
+        ("--memory_units is not read by --method=ewc", "ad_ewc"),
+    ),
 }
 
 CONTRACT_FLAGS = (
@@ -87,9 +106,18 @@ def trainer_runs(tmp_path_factory, run_trainer):
             args = (*args, f"--model_dir={model_dir}")
         commands[case] = (args, model_dir)
     commands["help"] = (("--help",), None)
+    commands["method_help"] = (
+        ("--method=bd_ewc", "--benchmark=split_mnist", "--help"), None)
+
+    def timed(args):
+        start = time.monotonic()
+        proc = run_trainer(*args, timeout=120)
+        proc.seconds = time.monotonic() - start
+        return proc
+
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         futures = {
-            case: pool.submit(run_trainer, *args, timeout=120)
+            case: pool.submit(timed, args)
             for case, (args, _) in commands.items()
         }
         return {
@@ -118,6 +146,66 @@ def test_bad_command_line_exits_2_with_one_line(trainer_runs, case):
         assert fragment in lines[0], details
     if model_dir is not None:
         assert not os.path.exists(model_dir), os.listdir(model_dir)
+    # Two at a time on a busy machine: well under the 15 s a person waits.
+    assert proc.seconds < 15, proc.seconds
+
+
+def test_method_help_shows_the_defaults_it_will_use(trainer_runs):
+    """`--method=bd_ewc --benchmark=split_mnist --help`: that method's and
+    its consolidation's settings at the values the run resolves (the
+    swept split-MNIST preset, not the declared defaults)."""
+    proc, _ = trainer_runs["method_help"]
+    assert proc.returncode == 0, proc.stderr
+    for line in ("--bias_hidden=25", "--epsilon=0.1", "--ewc_lambda=1000",
+                 "--fisher_normalize=max", "--lr=0.0003", "--epochs=5",
+                 "--hidden_units=300,300,300,300,300"):
+        assert "  " + line in proc.stdout.splitlines(), (line, proc.stdout)
+    # Settings of other methods are not listed.
+    assert "--memory_units" not in proc.stdout
+    assert "--spp_lambda" not in proc.stdout
+
+
+def test_every_declared_setting_is_refused_where_it_is_not_read():
+    """Each setting of a method or consolidation ends with ConfigError
+    for some method whose run does not read it."""
+    from cl_zoo.config import (
+        RUN_SETTING_NAMES,
+        ConfigError,
+        all_settings,
+        applicable_settings,
+        resolve_config,
+    )
+    from cl_zoo.methods import get_method
+
+    for name, setting in all_settings().items():
+        if name in RUN_SETTING_NAMES:
+            continue
+        method = next(
+            m for m in method_names()
+            if name not in applicable_settings(
+                get_method(m),
+                resolve_config(get_method(m), "split_mnist",
+                               {}).consolidation)
+        )
+        with pytest.raises(ConfigError, match=f"--{name} is not read by"):
+            resolve_config(get_method(method), "split_mnist",
+                           {name: setting.default})
+
+
+def test_readme_method_table_and_error_example_match_the_registry(
+        trainer_runs):
+    """The README's method table names every registered method once, and
+    its unknown-method example is the message the trainer prints."""
+    with open(os.path.join(os.path.dirname(__file__), "..",
+                           "README.md")) as f:
+        readme = f.read()
+    start = readme.index("| `--method` | what | head |")
+    table = readme[start:readme.index("\n\n", start)].splitlines()[2:]
+    names = [line.split("`")[1] for line in table]
+    assert sorted(names) == sorted(method_names())
+    proc, _ = trainer_runs["unknown_method"]
+    (line,) = _message_lines(proc.stderr)
+    assert line in readme.splitlines(), line
 
 
 def test_help_documents_the_contract_flags_and_names(trainer_runs):
