@@ -154,20 +154,20 @@ def test_mnist_source_counts(mnist_data):
 
 
 def test_train_dataset_batches_and_heads(split):
-    ds = split.train_dataset(2, 64, head="multi")
+    ds = split.train_dataset(2, 64, head="multi", with_task_id=False)
     spec = ds.element_spec
     assert spec[0].shape == (64, 28, 28, 1) and spec[0].dtype == tf.float32
     assert spec[1].shape == (64,) and spec[1].dtype == tf.int32
     assert ds.cardinality().numpy() == split.train_size(2) // 64
     x, y = next(iter(ds))
     assert set(np.unique(y.numpy())) <= {0, 1}
-    _, y_single = next(iter(split.train_dataset(2, 64)))
+    _, y_single = next(iter(split.train_dataset(2, 64, with_task_id=False)))
     assert set(np.unique(y_single.numpy())) <= {4, 5}
     assert 0.0 <= float(tf.reduce_min(x)) and float(tf.reduce_max(x)) <= 1.0
 
 
 def test_with_task_id_structure(split):
-    ds = split.train_dataset(3, 32, with_task_id=True)
+    ds = split.train_dataset(3, 32)  # the task id comes by default
     features, y = next(iter(ds))
     assert set(features) == {"x", "task"}
     assert features["x"].shape == (32, 28, 28, 1)
@@ -178,7 +178,7 @@ def test_with_task_id_structure(split):
 
 
 def test_test_dataset_keeps_remainder_in_order(split):
-    ds = split.test_dataset(4, 500)
+    ds = split.test_dataset(4, 500, with_task_id=False)
     xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in ds], strict=True)
     x_arr, y_arr = split.test_arrays(4)
     assert sum(len(y) for y in ys) == split.test_size(4)
@@ -191,9 +191,9 @@ def _first_labels(ds, n=2):
 
 
 def test_shuffle_is_seeded_and_reshuffles(split):
-    a = split.train_dataset(0, 256, seed=3)
-    b = split.train_dataset(0, 256, seed=3)
-    c = split.train_dataset(0, 256, seed=4)
+    a = split.train_dataset(0, 256, seed=3, with_task_id=False)
+    b = split.train_dataset(0, 256, seed=3, with_task_id=False)
+    c = split.train_dataset(0, 256, seed=4, with_task_id=False)
     x_a, _ = next(iter(a))
     x_b, _ = next(iter(b))
     x_c, _ = next(iter(c))
@@ -201,7 +201,7 @@ def test_shuffle_is_seeded_and_reshuffles(split):
     assert not np.array_equal(x_a.numpy(), x_c.numpy())
     second_epoch, _ = next(iter(a))
     assert not np.array_equal(x_a.numpy(), second_epoch.numpy())
-    unshuffled = split.train_dataset(0, 256, shuffle=False)
+    unshuffled = split.train_dataset(0, 256, shuffle=False, with_task_id=False)
     x_u, _ = next(iter(unshuffled))
     np.testing.assert_array_equal(
         x_u.numpy(), split.train_arrays(0, limit=256)[0]
@@ -292,7 +292,7 @@ def test_permuted_pipeline_applies_the_permutation(mnist_data, permuted):
     )
     flat = x_test[:64].reshape(64, 784).astype(np.float32) / 255.0
     for t in range(3):
-        x, y = next(iter(permuted.test_dataset(t, 64)))
+        x, y = next(iter(permuted.test_dataset(t, 64, with_task_id=False)))
         expected = flat[:, permuted.permutations[t]].reshape(64, 28, 28, 1)
         np.testing.assert_array_equal(x.numpy(), expected)
         np.testing.assert_array_equal(y.numpy(), y_test[:64])
@@ -594,7 +594,7 @@ def test_tfds_protocols_with_mock_data(name, monkeypatch, tmp_path):
         _, y_local = bm.test_arrays(t, head="multi")
         assert set(np.unique(y_local)) <= set(range(len(classes)))
     t = max(range(bm.num_tasks), key=bm.train_size)
-    x, y = next(iter(bm.train_dataset(t, 4)))
+    x, y = next(iter(bm.train_dataset(t, 4, with_task_id=False)))
     assert x.shape == (4, 32, 32, 3) and x.dtype == tf.float32
     assert set(np.unique(y.numpy())) <= set(expected[t])
 

@@ -285,3 +285,26 @@ def test_importances_are_logged_as_histograms(finished_run):
                     steps.setdefault(value.tag, set()).add(event.step)
     assert any("kernel" in tag for tag in steps)
     assert all(s == {1, 2, 3} for s in steps.values())
+
+
+@pytest.mark.parametrize(
+    "method", ["bd_ewc", "ad_ewc", "psp", "finetune", "ewc"])
+def test_evaluate_on_a_tasks_dataset_scores_that_task(
+        method, tmp_path, tiny_benchmark):
+    """The obvious Keras call after a sequence, `model.evaluate(
+    bm.test_dataset(t, ...))`, gives task t's accuracy: the dataset carries
+    the task id, so the model uses task t's mode whatever `model.task` is
+    (the last task's after training)."""
+    config = config_for(tmp_path, method=method, epochs=2, export=False,
+                        bias_hidden=4, memory_units=2)
+    run = train_lib.ContinualRun(config, benchmark=tiny_benchmark)
+    results = run.run()
+    model = run.model
+    assert int(model.task.numpy()) == tiny_benchmark.num_tasks - 1
+    last_row = results["accuracy_matrix"][-1]
+    for t in range(tiny_benchmark.num_tasks):
+        logs = model.evaluate(
+            tiny_benchmark.test_dataset(t, 64, head=model.label_mode),
+            verbose=0, return_dict=True,
+        )
+        assert logs["accuracy"] == pytest.approx(last_row[t], abs=1e-6), t

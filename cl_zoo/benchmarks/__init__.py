@@ -4,7 +4,7 @@
 from cl_zoo import benchmarks
 
 bm = benchmarks.get_benchmark("split_mnist")
-ds = bm.train_dataset(0, batch_size=128)   # (x, y), y global class ids
+ds = bm.train_dataset(0, batch_size=128)   # ({"x", "task"}, y), y global ids
 x, y = bm.test_arrays(4, head="multi")      # y index within task_classes[4]
 ```
 

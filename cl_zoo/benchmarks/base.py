@@ -8,8 +8,10 @@ of global to per-task labels all happen inside the pipeline, batch by batch,
 so no task ever holds a converted copy of the data; a permuted-MNIST sequence
 of 100 tasks costs no more memory than one of 2.
 
-Elements are `(x, y)`; with `with_task_id=True` they are
-`({"x": x, "task": task}, y)` where `task` is the int32 task id of each example.
+Elements are `({"x": x, "task": task}, y)`, `task` the int32 task id of each
+example, so that `model.fit`, `model.evaluate` and `model.predict` on a
+task's dataset use that task's mode (bias units, keys, head) without a
+manual `model.task.assign(t)`; `with_task_id=False` gives plain `(x, y)`.
 `head="single"` gives global class ids as labels, `head="multi"` the index of
 the class within `task_classes[t]`.
 """
@@ -330,7 +332,7 @@ class Benchmark:
         seed: int = 0,
         shuffle: bool = True,
         drop_remainder: bool = True,
-        with_task_id: bool = False,
+        with_task_id: bool = True,
     ) -> tf.data.Dataset:
         """Training data of task `t`, reshuffled each epoch.
 
@@ -354,7 +356,7 @@ class Benchmark:
         batch_size: int,
         *,
         head: str = "single",
-        with_task_id: bool = False,
+        with_task_id: bool = True,
     ) -> tf.data.Dataset:
         """Test data of task `t`, in a fixed order, last partial batch kept."""
         t = self._check_task(t)

@@ -341,7 +341,7 @@ class GEM(Consolidation):
         keep = self.memory_indices(task, benchmark.train_size(task))
         dataset = benchmark.train_dataset(
             task, 1024, head=model.label_mode, shuffle=False,
-            drop_remainder=False,
+            drop_remainder=False, with_task_id=False,
         )
         xs, ys, start = [], [], 0
         for x, y in dataset:
