@@ -13,6 +13,7 @@ refused unless `overwrite=True`.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -70,15 +71,109 @@ def read_progress(model_dir):
         ) from e
 
 
-def prepare_model_dir(config: RunConfig):
+LOCK_FILE = ".lock"
+
+
+class RunLock:
+    """Holds a run directory for one process at a time.
+
+    An advisory lock (`fcntl.flock`) on `MODEL_DIR/.lock`, which holds the
+    holder's pid and start time: a second run on the directory fails at
+    once, naming the holder. The system drops the lock when its process
+    ends, however it ends, so a killed run never blocks the rerun that
+    resumes it.
+    """
+
+    def __init__(self, model_dir):
+        self.path = os.path.join(model_dir, LOCK_FILE)
+        self._file = None
+
+    def holder(self):
+        """The holder's line (pid, start) if another process holds the
+        lock, else None."""
+        if not os.path.exists(self.path):
+            return None
+        with open(self.path) as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return f.read().strip() or "another process"
+            fcntl.flock(f, fcntl.LOCK_UN)
+        return None
+
+    def acquire(self):
+        """Takes the lock; RunStateError if another process holds it."""
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise RunStateError(
+                f"{os.path.dirname(self.path)} is in use by another run "
+                f"({holder}); wait for it to end or pick another "
+                "--model_dir."
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}, started "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        f.flush()
+        self._file = f
+
+    def release(self):
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+    def __del__(self):
+        # A run object dropped without `run()` (or after an error).
+        self.release()
+
+
+def _check_writable_dir(model_dir):
+    """RunStateError unless `model_dir` is, or can become, a directory."""
+    if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+        raise RunStateError(
+            f"--model_dir={model_dir} is a file, not a directory; pick "
+            "another --model_dir."
+        )
+    parent = os.path.dirname(os.path.abspath(model_dir))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise RunStateError(
+            f"--model_dir={model_dir} cannot be made: {parent} is a file, "
+            "not a directory."
+        )
+    if not os.access(parent if not os.path.isdir(model_dir) else model_dir,
+                     os.W_OK):
+        raise RunStateError(
+            f"--model_dir={model_dir} is not writable; pick another "
+            "--model_dir."
+        )
+
+
+def prepare_model_dir(config: RunConfig, lock=None):
     """Checks model_dir: returns the progress to resume, or None to start.
 
-    Raises RunStateError for a finished run (without overwrite) or for an
-    unfinished run of a different configuration.
+    Raises RunStateError for a path that cannot be a directory, a directory
+    another run holds (`lock`, a `RunLock`, is taken), a finished run
+    (without overwrite) or an unfinished run of a different configuration.
     """
     model_dir = config.model_dir
     if not model_dir:
         raise ConfigError("--model_dir is required: where the run writes.")
+    _check_writable_dir(model_dir)
+    if lock is not None:
+        holder = lock.holder()
+        if holder is not None:
+            raise RunStateError(
+                f"{model_dir} is in use by another run ({holder}); wait for "
+                "it to end or pick another --model_dir."
+            )
     if config.overwrite and os.path.isdir(model_dir):
         # Before reading progress.json: --overwrite also replaces a run
         # whose progress.json is unreadable.
@@ -88,7 +183,7 @@ def prepare_model_dir(config: RunConfig):
         if os.path.isdir(model_dir) and os.listdir(model_dir):
             # What a run writes before its first checkpoint.
             leftovers = set(os.listdir(model_dir)) - {
-                "summaries", "config.json", "checkpoints"
+                "summaries", "config.json", "checkpoints", LOCK_FILE
             }
             if leftovers:
                 raise RunStateError(
@@ -96,6 +191,8 @@ def prepare_model_dir(config: RunConfig):
                     "another --model_dir or pass --overwrite."
                 )
         os.makedirs(model_dir, exist_ok=True)
+        if lock is not None:
+            lock.acquire()
         return None
     if progress.get("status") == "finished":
         raise RunStateError(
@@ -115,6 +212,8 @@ def prepare_model_dir(config: RunConfig):
             f"({', '.join(diff)}); rerun the same command to resume it, or "
             "pass --overwrite to start again."
         )
+    if lock is not None:
+        lock.acquire()
     return progress
 
 
@@ -328,7 +427,8 @@ class ContinualRun:
 
     def __init__(self, config: RunConfig, benchmark=None, strategy=None):
         self.config = config
-        self.progress = prepare_model_dir(config)
+        self.lock = RunLock(config.model_dir)
+        self.progress = prepare_model_dir(config, self.lock)
         self.benchmark = benchmark or benchmarks_lib.get_benchmark(
             config.benchmark,
             num_tasks=config.num_tasks,
@@ -406,6 +506,12 @@ class ContinualRun:
 
     # Main loop ----------------------------------------------------------
     def run(self):
+        try:
+            return self._run()
+        finally:
+            self.lock.release()
+
+    def _run(self):
         config, bm = self.config, self.benchmark
         write_json_atomically(
             os.path.join(config.model_dir, "config.json"), config.to_dict()
@@ -417,8 +523,9 @@ class ContinualRun:
                 config.model_dir, start_task, start_epoch,
             )
             if config.verbose:
-                print(f"Resuming {config.model_dir} at task {start_task}, "
-                      f"epoch {start_epoch} (counted from 0).", flush=True)
+                print(f"Resuming {config.model_dir} at task "
+                      f"{start_task + 1}/{bm.num_tasks}, epoch "
+                      f"{start_epoch + 1}/{config.epochs}.", flush=True)
         if self.initial is None:
             self.initial = self.evaluator.all_tasks()
             self._log_text()

@@ -83,6 +83,9 @@ BAD_CASES = {
         ("--method=gem", "--benchmark=split_mnist", "--bias_hidden=7"),
         ("--bias_hidden is not read by --method=gem", "bd_ewc"),
     ),
+    # A --model_dir that cannot be a directory (the fixture makes the file).
+    "model_dir_is_a_file": (GOOD, ("is a file, not a directory",)),
+    "model_dir_under_a_file": (GOOD, ("cannot be made", "is a file")),
     "memory_units_with_ewc": (
         ("--method=ewc", "--benchmark=split_mnist", "--memory_units=3"),
         ("--memory_units is not read by --method=ewc", "ad_ewc"),
@@ -102,6 +105,10 @@ def trainer_runs(tmp_path_factory, run_trainer):
     commands = {}
     for case, (args, _) in BAD_CASES.items():
         model_dir = str(root / case)
+        if case.startswith("model_dir_"):
+            (root / "a_file").write_text("keep me")
+            model_dir = str(root / "a_file") + (
+                "/sub" if case.endswith("under_a_file") else "")
         if case != "missing_model_dir":
             args = (*args, f"--model_dir={model_dir}")
         commands[case] = (args, model_dir)
@@ -144,7 +151,10 @@ def test_bad_command_line_exits_2_with_one_line(trainer_runs, case):
     assert lines[0].startswith("error: "), details
     for fragment in BAD_CASES[case][1]:
         assert fragment in lines[0], details
-    if model_dir is not None:
+    if case.startswith("model_dir_"):
+        with open(model_dir.removesuffix("/sub")) as f:
+            assert f.read() == "keep me"
+    elif model_dir is not None:
         assert not os.path.exists(model_dir), os.listdir(model_dir)
     # Two at a time on a busy machine: well under the 15 s a person waits.
     assert proc.seconds < 15, proc.seconds
@@ -422,3 +432,76 @@ def test_help_lists_every_methods_own_default():
     assert method_defaults_help("optimizer") == (
         "Default adam (sgd for gem, lwf, mas, si and spp on permuted_mnist "
         "and split_mnist).")
+
+
+# Interrupting and sharing a run directory -----------------------------------
+def test_ctrl_c_exits_130_with_one_line_and_the_rerun_resumes(tmp_path):
+    """SIGINT mid-run: exit 130, one line saying how to resume, no
+    traceback; the same command then resumes at the epoch after the last
+    finished one (counted from 1) and finishes."""
+    import signal
+    import subprocess
+    import sys
+
+    model_dir = tmp_path / "run"
+    args = [sys.executable, "-m", "trainers.train", "--method=sgd",
+            "--benchmark=gaussian_clusters", f"--model_dir={model_dir}",
+            "--epochs=40", "--verbose=2", "--export=false"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen(args, cwd=root, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (model_dir / "progress.json").exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    lines = _message_lines(err)
+    assert lines[-1] == (f"interrupted: {model_dir} keeps every finished "
+                         "epoch; rerun the same command to resume."), err
+    again = subprocess.run(args, cwd=root, env=env, text=True,
+                           capture_output=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    resumed = re.search(r"^Resuming .* at task (\d)/2, epoch (\d+)/40\.$",
+                        again.stdout, re.MULTILINE)
+    assert resumed, again.stdout
+    assert int(resumed.group(2)) >= 2  # one epoch at least was kept
+    assert (model_dir / "results.json").exists()
+
+
+def test_a_run_holds_its_model_dir_and_a_killed_one_lets_go(tmp_path):
+    """A second run on a held directory fails at once naming the holder;
+    the lock of a process killed with SIGKILL is gone with it."""
+    import subprocess
+    import sys
+
+    from cl_zoo.train_lib import RunLock, RunStateError
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import fcntl, sys, time\n"
+         f"f = open({str(tmp_path / '.lock')!r}, 'a+')\n"
+         "fcntl.flock(f, fcntl.LOCK_EX)\n"
+         "f.write('pid 4242, started now'); f.flush()\n"
+         "print('held', flush=True); time.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        lock = RunLock(str(tmp_path))
+        assert lock.holder() == "pid 4242, started now"
+        with pytest.raises(RunStateError, match=r"in use by another run "
+                           r"\(pid 4242, started now\)"):
+            lock.acquire()
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+        holder.stdout.close()
+    lock.acquire()
+    assert "pid" in (tmp_path / ".lock").read_text()
+    assert "pid" in RunLock(str(tmp_path)).holder()
+    lock.release()
+    assert RunLock(str(tmp_path)).holder() is None

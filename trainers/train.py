@@ -157,7 +157,25 @@ def sweep_configs():
     ]
 
 
+INTERRUPTED = 130  # the shell's status for a run ended by SIGINT
+
+
 def main(argv):
+    """`_main`, with Ctrl-C ending in one line that says how to resume."""
+    started = []  # the model_dirs of the runs that started
+    try:
+        _main(argv, started)
+    except KeyboardInterrupt:
+        if started:
+            where = (f"{started[-1]} keeps every finished epoch; rerun the "
+                     "same command to resume.")
+        else:
+            where = "no run had started; nothing was written."
+        print(f"\ninterrupted: {where}", file=sys.stderr, flush=True)
+        sys.exit(INTERRUPTED)
+
+
+def _main(argv, started):
     if len(argv) > 1:
         _fail(f"unexpected arguments {' '.join(argv[1:])}; flags take the "
               "form --name=value.")
@@ -202,6 +220,7 @@ def main(argv):
                     data_dir=config.data_dir,
                 )
                 loaded_key = data_key
+            started.append(config.model_dir)
             run = train_lib.ContinualRun(config, benchmark=benchmark)
         except (
             benchmarks.BenchmarkError, ConfigError, train_lib.RunStateError
