@@ -308,3 +308,33 @@ def test_evaluate_on_a_tasks_dataset_scores_that_task(
             verbose=0, return_dict=True,
         )
         assert logs["accuracy"] == pytest.approx(last_row[t], abs=1e-6), t
+
+
+def test_readme_library_example_runs_verbatim_and_matches_the_trainer(
+        tmp_path, capsys):
+    """The README's library example, executed as written, prints the
+    accuracy matrix that `python -m trainers.train` writes to results.json
+    for the same settings, and `model.evaluate` on task 0's test set gives
+    the matrix's last-row value for task 0."""
+    readme = os.path.join(os.path.dirname(__file__), "..", "README.md")
+    with open(readme) as f:
+        text = f.read()
+    section = text[text.index("## Using the library"):]
+    code = section[section.index("```python\n") + 10:]
+    code = code[:code.index("```\n")]
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    lines = capsys.readouterr().out.splitlines()
+    printed = [[float(a) for a in line.split()] for line in lines[:5]]
+    config = resolve_config(get_method("ewc"), "split_mnist", {
+        "epochs": 1, "hidden_units": (100,), "export": False, "verbose": 0,
+        "model_dir": str(tmp_path / "run"),
+    })
+    results = train_lib.run(config)
+    np.testing.assert_allclose(printed, results["accuracy_matrix"],
+                               atol=5e-4)
+    assert lines[5] == f"ACC {round(results['acc'], 4)}"
+    logs = namespace["model"].evaluate(
+        namespace["bm"].test_dataset(0, 1000), return_dict=True, verbose=0)
+    assert logs["accuracy"] == pytest.approx(
+        results["accuracy_matrix"][-1][0], abs=1e-6)

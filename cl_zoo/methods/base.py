@@ -575,11 +575,14 @@ class ContinualModel(keras.Model):
         """Builds the main optimizer's and the rules' state up front.
 
         Call after `compile`: an optimizer's first `apply` otherwise builds
-        state for the variables of that call only.
+        state for the variables of that call only. A second call does
+        nothing.
         """
-        self.optimizer.build(self.optimizer_variables())
+        if not self.optimizer.built:
+            self.optimizer.build(self.optimizer_variables())
         for rule in self.gradient_rules:
-            rule.build()
+            if rule.optimizer is None:
+                rule.build()
         if self.consolidation is not None and not self.consolidation.built:
             self.consolidation.build(self)
         if not self.method_state.built:

@@ -535,7 +535,8 @@ class DGM(ContinualModel):
 
     def build_optimizers(self):
         super().build_optimizers()
-        self.generator_optimizer.build(self.generator_variables())
+        if not self.generator_optimizer.built:
+            self.generator_optimizer.build(self.generator_variables())
 
     def inference_variables(self):
         """The classifier: the discriminator's body and class head."""
