@@ -101,7 +101,8 @@ RUN_SETTINGS = (
     Setting("export", bool, True, "Write the SavedModels of export/ at the "
             "end."),
     Setting("verbose", int, 1, "Keras progress output: 0 silent, 1 progress "
-            "bar, 2 one line per epoch.", minimum=0, maximum=2),
+            "bar, 2 one line per epoch (the trainer's default when its "
+            "output is a file or a pipe).", minimum=0, maximum=2),
     Setting("overwrite", bool, False, "Replace a finished (or any) run in "
             "--model_dir instead of refusing."),
 )

@@ -22,12 +22,12 @@ def test_table_from_run_directories(tmp_path):
         (run / "results.json").write_text(json.dumps(_results(method, acc)))
     runs = report.load_runs([str(tmp_path / "*")])
     table = report.markdown_table(runs).splitlines()
-    assert table[0].startswith("| method | benchmark | head | ACC %")
+    assert table[0].startswith("| run | method | benchmark | head | ACC %")
     assert table[2] == (
-        "| ewc | split_mnist | single | 87.50 | -10.00 | +2.00 | 10.00 "
-        "| 80.0 95.0 | 12 | 40 |"
+        f"| {tmp_path / 'ewc'} | ewc | split_mnist | single | 87.50 | "
+        "-10.00 | +2.00 | 10.00 | 80.0 95.0 | 12 | 40 |"
     )
-    assert table[3].startswith("| sgd |")
+    assert table[3].startswith(f"| {tmp_path / 'sgd'} | sgd |")
 
 
 def test_sweep_plot_is_a_png(tmp_path):

@@ -446,7 +446,7 @@ def test_ctrl_c_exits_130_with_one_line_and_the_rerun_resumes(tmp_path):
     model_dir = tmp_path / "run"
     args = [sys.executable, "-m", "trainers.train", "--method=sgd",
             "--benchmark=gaussian_clusters", f"--model_dir={model_dir}",
-            "--epochs=40", "--verbose=2", "--export=false"]
+            "--epochs=40", "--export=false"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.Popen(args, cwd=root, env=env, text=True,
@@ -469,6 +469,9 @@ def test_ctrl_c_exits_130_with_one_line_and_the_rerun_resumes(tmp_path):
                         again.stdout, re.MULTILINE)
     assert resumed, again.stdout
     assert int(resumed.group(2)) >= 2  # one epoch at least was kept
+    # Output to a pipe: one line per epoch, no progress-bar redraws.
+    assert "\r" not in again.stdout and "\x1b[" not in again.stdout
+    assert re.search(r"^\d+/\d+ - \d+s - ", again.stdout, re.MULTILINE)
     assert (model_dir / "results.json").exists()
 
 

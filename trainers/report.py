@@ -3,7 +3,8 @@ r"""Tabulates finished runs: a Markdown table and an accuracy-curve plot.
     python -m trainers.report --runs='runs/split_mnist/*' \
         [--plot=docs/split_mnist_curves.png] [--title="split MNIST"]
 
-Reads each run's results.json. The table gives ACC, BWT, FWT and forgetting
+Reads each run's results.json. The table names each run by its directory
+and gives ACC, BWT, FWT and forgetting
 (in %), the final accuracy of every task, the training time and the storage
 per task; the plot the mean accuracy over tasks seen after each task.
 """
@@ -40,12 +41,15 @@ def load_runs(patterns):
             results = os.path.join(path, "results.json")
             if os.path.isfile(results):
                 with open(results) as f:
-                    runs.append(json.load(f))
+                    run = json.load(f)
+                # Two runs of one setting differ by their directory only.
+                run["run"] = os.path.normpath(path)
+                runs.append(run)
     return runs
 
 
 def markdown_table(runs, rows=True):
-    head = ["method", "benchmark", "head", "ACC %", "BWT %", "FWT %",
+    head = ["run", "method", "benchmark", "head", "ACC %", "BWT %", "FWT %",
             "forgetting %"]
     if rows:
         head.append("final accuracy per task %")
@@ -54,7 +58,7 @@ def markdown_table(runs, rows=True):
              "|" + "---|" * len(head)]
     for r in runs:
         cells = [
-            r["method"], r["benchmark"], r["extra"].get("head", ""),
+            r.get("run", ""), r["method"], r["benchmark"], r["extra"].get("head", ""),
             f"{100 * r['acc']:.2f}", f"{100 * r['bwt']:+.2f}",
             f"{100 * r['fwt']:+.2f}", f"{100 * r['forgetting']:.2f}",
         ]
@@ -88,7 +92,7 @@ def main(argv):
             png = sweep_plot(runs, FLAGS.sweep, FLAGS.title)
         else:
             curves = {
-                r["method"]: r["extra"]["average_accuracy_curve"]
+                r["run"]: r["extra"]["average_accuracy_curve"]
                 for r in runs
             }
             png = plots.curve_png(curves, title=FLAGS.title)

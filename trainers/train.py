@@ -133,9 +133,12 @@ def build_config(extra=None):
                 f"Unknown benchmark {FLAGS.benchmark!r}; expected one of: "
                 f"{', '.join(benchmarks.BENCHMARKS)}."
             )
+        overrides = common.config_overrides(FLAGS)
+        if overrides["verbose"] is None and not sys.stdout.isatty():
+            # A log file or a pipe: one line per epoch, no bar redraws.
+            overrides["verbose"] = 2
         return resolve_config(
-            method_cls, FLAGS.benchmark,
-            {**common.config_overrides(FLAGS), **(extra or {})},
+            method_cls, FLAGS.benchmark, {**overrides, **(extra or {})},
         )
     except (ConfigError, UnknownMethodError) as e:
         _fail(str(e))
