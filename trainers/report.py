@@ -58,7 +58,8 @@ def markdown_table(runs, rows=True):
              "|" + "---|" * len(head)]
     for r in runs:
         cells = [
-            r.get("run", ""), r["method"], r["benchmark"], r["extra"].get("head", ""),
+            r.get("run", ""), r["method"], r["benchmark"],
+            r["extra"].get("head", ""),
             f"{100 * r['acc']:.2f}", f"{100 * r['bwt']:+.2f}",
             f"{100 * r['fwt']:+.2f}", f"{100 * r['forgetting']:.2f}",
         ]
