@@ -107,6 +107,19 @@ RUN_SETTINGS = (
             "--model_dir instead of refusing."),
 )
 RUN_SETTING_NAMES = tuple(s.name for s in RUN_SETTINGS)
+# How `--help` groups the run's settings (a test checks that each is in
+# exactly one group).
+RUN_GROUPS = {
+    "Training": ("epochs", "batch_size", "lr", "optimizer", "adam_beta1",
+                 "lr_decay", "seed", "fast"),
+    "Network": ("head", "hidden_units", "architecture", "activation",
+                "dropout", "loss"),
+    "Method": ("consolidation",),
+    "Benchmark": ("num_tasks", "data_dir"),
+    "Distribution": ("strategy", "num_cpu_devices"),
+    "Output": ("model_dir", "eval_batch_size", "eval_examples", "export",
+               "verbose", "overwrite"),
+}
 
 # The protocols of the papers. split_mnist: BPN (5x300, 5 epochs per task);
 # permuted_mnist: BPN's 100-task experiment (4x128); disjoint_mnist: AMN

@@ -593,7 +593,18 @@ class ContinualRun:
 
     # Logging ------------------------------------------------------------
     def _log_text(self):
+        from tensorboard.plugins.hparams import api as hparams_api
+
+        # TensorBoard's HPARAMS view: one row per run, its settings beside
+        # its test accuracy, so a sweep compares there.
+        hparams = {
+            key: (",".join(map(str, value)) if isinstance(value, tuple)
+                  else "none" if value is None else value)
+            for key, value in self.config.items()
+            if key not in ("model_dir", "overwrite", "verbose")
+        }
         with self.writer.as_default():
+            hparams_api.hparams(hparams, trial_id=self.config.model_dir)
             tf.summary.text(
                 "config", f"```\n{self.config.to_json()}\n```", step=0
             )

@@ -197,3 +197,52 @@ def method_help(method, benchmark=None):
     lines.append("Required: --method, --benchmark, --model_dir. "
                  "All flags of every method: --helpfull.")
     return "\n".join(lines)
+
+
+def _first_sentence(text):
+    head, dot, _ = text.partition(". ")
+    return head + ("." if dot else "")
+
+
+def short_help(program_doc, extra=()):
+    """`--help` of the trainer: the required flags, then the run's settings
+    in groups, one line each; method settings and the full list are one
+    flag away.
+
+    Args:
+        program_doc: the program's docstring (its first line leads).
+        extra: `(group, name, help)` of the program's own flags.
+    """
+    from cl_zoo.benchmarks import BENCHMARKS
+    from cl_zoo.config import RUN_GROUPS
+    from cl_zoo.consolidation.registry import consolidation_names
+    from cl_zoo.methods import method_names
+
+    settings = all_settings()
+    lines = [
+        program_doc.strip().splitlines()[0],
+        "",
+        "Required:",
+        f"  --method=M          one of: {', '.join(method_names())}",
+        f"  --benchmark=B       one of: {', '.join(BENCHMARKS)}",
+        "  --model_dir=DIR     where the run writes; rerun the same command "
+        "to resume",
+    ]
+    for group, names in RUN_GROUPS.items():
+        lines += ["", f"{group}:"]
+        for name in names:
+            if name == "model_dir":
+                continue
+            text = _first_sentence(settings[name].help)
+            if name == "consolidation":
+                text += f" One of: {', '.join(consolidation_names())}."
+            lines.append(f"  --{name:<18}{text}")
+        for where, name, text in extra:
+            if where == group:
+                lines.append(f"  --{name:<18}{_first_sentence(text)}")
+        if group == "Method":
+            lines.append(
+                "  A method's own settings, with the values it will use: "
+                "--method=M [--benchmark=B] --help")
+    lines += ["", "Every flag of every method, with its help: --helpfull."]
+    return "\n".join(lines)

@@ -33,6 +33,7 @@ THIRD_PARTY = {
     "matplotlib": "matplotlib",
     "numpy": "numpy",
     "pytest": "pytest",
+    "tensorboard": "tensorboard",
     "tensorflow": "tensorflow",
     "tensorflow_datasets": "tensorflow_datasets",
 }

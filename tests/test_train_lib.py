@@ -338,3 +338,30 @@ def test_readme_library_example_runs_verbatim_and_matches_the_trainer(
         namespace["bm"].test_dataset(0, 1000), return_dict=True, verbose=0)
     assert logs["accuracy"] == pytest.approx(
         results["accuracy_matrix"][-1][0], abs=1e-6)
+
+
+def test_tensorboard_hparams_view_holds_the_runs_settings(finished_run):
+    """Each run writes TensorBoard's hparams summary (its resolved
+    settings) beside its test-accuracy scalars, so sweeps compare in the
+    HPARAMS view."""
+    import glob
+
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    config, _ = finished_run
+    events = glob.glob(os.path.join(config.model_dir, "summaries", "eval",
+                                    "events.out.tfevents.*"))
+    found = {}
+    for path in events:
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                meta = value.metadata.plugin_data
+                if meta.plugin_name == "hparams":
+                    data = plugin_data_pb2.HParamsPluginData.FromString(
+                        meta.content)
+                    if data.HasField("session_start_info"):
+                        found = data.session_start_info.hparams
+    assert found["method"].string_value == "ewc"
+    assert found["ewc_lambda"].number_value == config.ewc_lambda
+    assert found["hidden_units"].string_value == "32"

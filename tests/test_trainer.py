@@ -508,3 +508,23 @@ def test_a_run_holds_its_model_dir_and_a_killed_one_lets_go(tmp_path):
     assert "pid" in RunLock(str(tmp_path)).holder()
     lock.release()
     assert RunLock(str(tmp_path)).holder() is None
+
+
+def test_help_is_short_grouped_and_leads_with_the_required_flags(
+        trainer_runs):
+    """`--help`: the required flags first, then the run's settings in
+    groups, one line each; every run setting in exactly one group."""
+    from cl_zoo.config import RUN_GROUPS, RUN_SETTING_NAMES
+
+    grouped = [n for names in RUN_GROUPS.values() for n in names]
+    assert sorted(grouped) == sorted(RUN_SETTING_NAMES)
+    proc, _ = trainer_runs["help"]
+    lines = proc.stdout.splitlines()
+    assert len(lines) < 60, len(lines)
+    assert lines[2] == "Required:"
+    assert [line.split("=")[0].strip() for line in lines[3:6]] == [
+        "--method", "--benchmark", "--model_dir"]
+    for group in RUN_GROUPS:
+        assert f"{group}:" in lines
+    assert "--ewc_lambda" not in proc.stdout  # a method's: one flag away
+    assert "--helpfull" in lines[-1]

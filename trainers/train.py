@@ -53,15 +53,19 @@ _HELP_FLAGS = ("help", "h", "?", "helpshort", "helpfull", "helpxml")
 
 
 def _method_help(argv):
-    """`--method=M [--benchmark=B] --help`: that method's settings and the
-    defaults it will use, then exit 0 (None when not asked)."""
+    """`--help`: the short, grouped help; with `--method=M [--benchmark=B]`
+    that method's settings and the defaults it will use. Exits 0 (returns
+    None when no help is asked; `--helpfull` is absl's full list)."""
     words = dict(
         a.lstrip("-").partition("=")[::2] for a in argv[1:]
         if a.startswith("-")
     )
-    if "method" not in words or not (
-            {"help", "h", "?", "helpshort"} & set(words)):
+    if not {"help", "h", "?", "helpshort"} & set(words):
         return None
+    if "method" not in words:
+        print(common.short_help(__doc__, extra=[
+            ("Output", "sweep", FLAGS["sweep"].help)]))
+        sys.exit(0)
     from cl_zoo.config import ConfigError
     from cl_zoo.methods import UnknownMethodError
 
