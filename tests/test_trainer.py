@@ -148,6 +148,8 @@ def test_bad_command_line_exits_2_with_one_line(trainer_runs, case):
     assert "Traceback" not in proc.stderr, details
     lines = _message_lines(proc.stderr)
     assert len(lines) == 1, details
+    # Not even TensorFlow's start-up notices (cl_zoo.startup).
+    assert proc.stderr.strip().splitlines() == lines, details
     assert lines[0].startswith("error: "), details
     for fragment in BAD_CASES[case][1]:
         assert fragment in lines[0], details
@@ -528,3 +530,16 @@ def test_help_is_short_grouped_and_leads_with_the_required_flags(
         assert f"{group}:" in lines
     assert "--ewc_lambda" not in proc.stdout  # a method's: one flag away
     assert "--helpfull" in lines[-1]
+
+
+def test_quiet_startup_drops_only_the_known_notices(capfd):
+    from cl_zoo.startup import quiet_startup
+
+    with quiet_startup():
+        os.write(2, b"E0000 00:00:1.0 1 cuda_platform.cc:52] failed call to "
+                    b"cuInit: INTERNAL: CUDA error: UNKNOWN ERROR (303)\n")
+        os.write(2, b"I0000 00:00:1.0 1 cudart_stub.cc:31] Could not find "
+                    b"cuda drivers on your machine, GPU will not be used.\n")
+        os.write(2, b"E0000 00:00:1.0 1 some_op.cc:9] a real error\n")
+    err = capfd.readouterr().err
+    assert err.splitlines() == ["E0000 00:00:1.0 1 some_op.cc:9] a real error"]

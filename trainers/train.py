@@ -27,7 +27,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging
 
-from flags import common
+from cl_zoo.startup import import_tensorflow_quietly
+
+import_tensorflow_quietly()
+from flags import common  # noqa: E402  (after TensorFlow's quiet start)
 
 FLAGS = flags.FLAGS
 common.define_run_flags()
