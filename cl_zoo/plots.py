@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
 
@@ -56,6 +57,8 @@ def curve_png(values, title="", ylabel="mean accuracy over tasks seen"):
         xs = np.arange(1, len(ys) + 1)
         ax.plot(xs, ys, marker="o" if len(ys) <= 20 else None, label=name)
     ax.set_xlabel("tasks trained")
+    # Whole tasks only (no tick at 1.5 on a 3-task run).
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(ylabel)
     ax.set_ylim(0.0, 1.02)
     ax.grid(alpha=0.3)

