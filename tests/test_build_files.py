@@ -425,3 +425,13 @@ def test_readme_is_a_short_guide():
     assert len(readme.splitlines()) < 200
     for target in re.findall(r"\]\(((?:docs)/[^)#]+)", readme):
         assert os.path.exists(os.path.join(REPO_ROOT, target)), target
+
+
+def test_results_open_with_the_summary_table():
+    with open(os.path.join(REPO_ROOT, "docs", "RESULTS.md")) as f:
+        text = f.read()
+    start = text.index("\n## ")
+    first = text[start:text.index("\n## ", start + 1)].split("\n")
+    assert first[1] == "## Summary"
+    table = [line for line in first if line.startswith("| `")]
+    assert table and all(" --model_dir=DIR` |" in row for row in table)
