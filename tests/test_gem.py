@@ -18,9 +18,9 @@ from cl_zoo.methods.gem import GEM, project_gradient, solve_gem_dual
 LR = 0.05
 
 
-def _gem(benchmark, jit_compile="auto", **overrides):
+def _gem(benchmark, jit_compile="auto", method="gem", **overrides):
     keras.utils.set_random_seed(0)
-    cls = get_method("gem")
+    cls = get_method(method)
     values = {"hidden_units": (16, 16), "memory_size": 24, **overrides}
     model = cls.from_run_config(
         resolve_config(cls, "tiny", values), benchmark
@@ -275,13 +275,19 @@ def _half_batches(benchmark, task):
     return tf.data.Dataset.from_tensor_slices((x[order], y[order])).batch(16)
 
 
-def test_one_and_two_replicas_take_the_same_steps(tiny_benchmark,
-                                                  mirrored_strategy):
+@pytest.mark.parametrize("method, extra", [
+    ("gem", {}),
+    # BD+GEM: the bias units' sign rule beside GEM's projection.
+    ("bd_ewc", {"consolidation": "gem", "bias_hidden": 4}),
+])
+def test_one_and_two_replicas_take_the_same_steps(
+        method, extra, tiny_benchmark, mirrored_strategy):
     """The all-reduce happens before the (nonlinear) projection."""
     results, projected = [], []
     for strategy in (tf.distribute.get_strategy(), mirrored_strategy):
         with strategy.scope():
-            model = _gem(tiny_benchmark, memory_size=16)
+            model = _gem(tiny_benchmark, memory_size=16, method=method,
+                         **extra)
         for task in range(3):
             model.begin_task(task, tiny_benchmark)
             history = model.fit(_half_batches(tiny_benchmark, task),
