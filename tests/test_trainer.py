@@ -83,6 +83,12 @@ BAD_CASES = {
         ("--method=gem", "--benchmark=split_mnist", "--bias_hidden=7"),
         ("--bias_hidden is not read by --method=gem", "bd_ewc"),
     ),
+    # Offline tfds: the one clear line, without tfds's own warnings first.
+    "tfds_not_prepared": (
+        ("--method=sgd", "--benchmark=split_cifar10",
+         "--data_dir=/nonexistent/tfds"),
+        ("cifar10 is not prepared in /nonexistent/tfds", "tfds build"),
+    ),
     # A --model_dir that cannot be a directory (the fixture makes the file).
     "model_dir_is_a_file": (GOOD, ("is a file, not a directory",)),
     "model_dir_under_a_file": (GOOD, ("cannot be made", "is a file")),

@@ -77,13 +77,20 @@ def _is_prepared(name: str, data_dir) -> bool:
     """Whether tfds has `name` prepared in `data_dir` (no network)."""
     import tensorflow_datasets as tfds
 
+    # Asking is no error: tfds warns about a version folder without
+    # dataset_info.json while it looks, before the run's own clear message.
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)
     try:
         return bool(tfds.builder(name, data_dir=data_dir).is_prepared())
     except Exception as e:  # noqa: BLE001 - a broken dir is "not prepared"
-        logging.warning(
-            "tfds could not inspect %s in %s: %s", name, data_dir, e
-        )
-        return False
+        problem = e
+    finally:
+        logging.set_verbosity(verbosity)
+    logging.warning(
+        "tfds could not inspect %s in %s: %s", name, data_dir, problem
+    )
+    return False
 
 
 def _unavailable(name, data_dir, reason):
