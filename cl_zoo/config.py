@@ -239,17 +239,22 @@ def owners_of(name):
     return methods, consolidations
 
 
-def _not_read(name, method, consolidation):
+def owners_phrase(name):
+    """`--method=a/b and --consolidation=c`: who reads setting `name`."""
     methods, consolidations = owners_of(name)
     users = []
     if methods:
         users.append("--method=" + "/".join(methods))
     if consolidations:
         users.append("--consolidation=" + "/".join(consolidations))
+    return " and ".join(users)
+
+
+def _not_read(name, method, consolidation):
     return ConfigError(
         f"--{name} is not read by --method={method} with "
         f"--consolidation={consolidation}; it is a setting of "
-        f"{' and '.join(users)}."
+        f"{owners_phrase(name)}."
     )
 
 

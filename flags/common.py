@@ -83,17 +83,11 @@ def method_defaults_help(key):
 
 
 def _owners_help(key):
-    from cl_zoo.config import owners_of
+    from cl_zoo.config import owners_phrase
 
     if key in RUN_SETTING_NAMES:
         return ""
-    methods, consolidations = owners_of(key)
-    where = []
-    if methods:
-        where.append("--method=" + "/".join(methods))
-    if consolidations:
-        where.append("--consolidation=" + "/".join(consolidations))
-    return f" [{' and '.join(where)}]"
+    return f" [{owners_phrase(key)}]"
 
 
 _DEFINE = {int: flags.DEFINE_integer, float: flags.DEFINE_float,

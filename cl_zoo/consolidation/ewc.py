@@ -61,13 +61,13 @@ class EWC(QuadraticConsolidation):
 
     @classmethod
     def from_config(cls, config):
-        return cls(
-            config.ewc_lambda,
-            fisher_samples=config.fisher_samples,
-            fisher_mode=config.fisher_mode,
-            seed=config.seed,
-            normalize=config.fisher_normalize,
-        )
+        return cls(config.ewc_lambda, **cls._fisher_args(config))
+
+    @staticmethod
+    def _fisher_args(config):
+        return {"fisher_samples": config.fisher_samples,
+                "fisher_mode": config.fisher_mode, "seed": config.seed,
+                "normalize": config.fisher_normalize}
 
     def __init__(
         self,
@@ -164,14 +164,8 @@ class OnlineEWC(EWC):
 
     @classmethod
     def from_config(cls, config):
-        return cls(
-            config.ewc_lambda,
-            fisher_samples=config.fisher_samples,
-            fisher_mode=config.fisher_mode,
-            gamma=config.ewc_gamma,
-            seed=config.seed,
-            normalize=config.fisher_normalize,
-        )
+        return cls(config.ewc_lambda, gamma=config.ewc_gamma,
+                   **cls._fisher_args(config))
 
     def __init__(self, strength, **kwargs):
         super().__init__(strength, online=True, **kwargs)
