@@ -325,10 +325,11 @@ def resolve_config(method_cls, benchmark: str, overrides: dict, *,
                 raise _not_read(key, method, consolidation)
             del given[key]
             layered.pop(key)
-    if "adam_beta1" in given and layered["optimizer"] != "adam":
+    optimizer = layered.get("optimizer", run_settings()["optimizer"].default)
+    if "adam_beta1" in given and optimizer != "adam":
         raise ConfigError(
             f"--adam_beta1 is read with --optimizer=adam only (this run: "
-            f"--optimizer={layered['optimizer']})."
+            f"--optimizer={optimizer})."
         )
     values = {"method": method, "benchmark": benchmark}
     for name, setting in applicable.items():

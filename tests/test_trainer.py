@@ -320,6 +320,9 @@ def test_build_config_permuted_mnist_defaults():
         ({"epsilon": 5.0}, "--epsilon is not read by --method=sgd"),
         ({"method": "dgm", "consolidation": "ewc"},
          "--consolidation=ewc cannot work with --method=dgm"),
+        ({"optimizer": "sgd", "adam_beta1": 0.5},
+         "--adam_beta1 is read with --optimizer=adam only"),
+        ({"method": "ewc", "adam_beta1": 0.5, "epochs": 0}, "--epochs=0"),
         ({"model_dir": None}, "--model_dir is required"),
     ],
 )
