@@ -394,6 +394,39 @@ class _LearningRateDecay(keras.callbacks.Callback):
             logs["learning_rate"] = float(self.model.optimizer.learning_rate)
 
 
+class StopRequest:
+    """A request to stop the run (Ctrl-C), honoured where it is safe.
+
+    A signal handler calls `request()`; while `fit` runs, the run stops at
+    the end of the current batch by raising KeyboardInterrupt from Python
+    code (`_StopOnRequest`), never from inside TensorFlow's C++ ops, where
+    an interrupt can crash the process. Outside `fit` the handler raises at
+    once. The run keeps what its last finished epoch checkpointed.
+    """
+
+    requested = False
+    fitting = False
+
+    @classmethod
+    def request(cls):
+        if not cls.fitting:
+            raise KeyboardInterrupt
+        cls.requested = True
+
+
+class _StopOnRequest(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        StopRequest.fitting = True
+
+    def on_train_end(self, logs=None):
+        StopRequest.fitting = False
+
+    def on_train_batch_end(self, batch, logs=None):
+        if StopRequest.requested:
+            StopRequest.fitting = False
+            raise KeyboardInterrupt
+
+
 class _EpochCheckpoint(keras.callbacks.Callback):
     """Saves a checkpoint and the progress after every epoch."""
 
@@ -567,6 +600,7 @@ class ContinualRun:
                     # First, so the epoch's rate is in the logs the others
                     # (TensorBoard) see.
                     *self._lr_schedule(),
+                    _StopOnRequest(),
                     _Timer(self),
                     keras.callbacks.TensorBoard(
                         self.summary_dir, write_graph=False

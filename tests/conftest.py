@@ -123,6 +123,20 @@ def run_trainer():
     return _run_trainer
 
 
+# Fixtures that start processes (the trainer's command) or replicas: the
+# tests that use them are "heavy", run by `.ci/run` after the default suite
+# (`python -m pytest -m heavy`), which keeps within its CPU budget.
+HEAVY_FIXTURES = {"run_trainer", "trainer_runs", "mirrored_strategy"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    del config
+    for item in items:
+        if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.heavy)
+
+
 @pytest.fixture
 def tiny_benchmark():
     return make_tiny_benchmark()

@@ -233,6 +233,7 @@ def test_storage_is_units_and_weights_per_task():
     )
 
 
+@pytest.mark.heavy
 def test_lenet_memory_layers_and_frozen_conv():
     bm = _mnist_shaped_benchmark()
     model = _amn("ad_ewc", bm, architecture="lenet", hidden_units=(8, 8))
@@ -308,6 +309,7 @@ def test_sigmoid_loss_matches_a_hand_computation():
     assert isinstance(clone, SparseSigmoidCrossEntropy)
 
 
+@pytest.mark.heavy
 def test_run_with_sigmoid_loss_and_shared_head(tmp_path, tiny_benchmark):
     config = resolve_config(get_method("ad_ewc"), "tiny", {
         "model_dir": str(tmp_path / "run"), "hidden_units": (16,),
@@ -327,6 +329,7 @@ def test_run_with_sigmoid_loss_and_shared_head(tmp_path, tiny_benchmark):
     assert export_lib.task_widths(run.model) == [2, 2, 2]
 
 
+@pytest.mark.heavy
 def test_disjoint_cifar10_runs_end_to_end_on_mock_data(tmp_path, monkeypatch):
     """The AMN CIFAR protocol (LeNet, memory layers) through the trainer.
 

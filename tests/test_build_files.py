@@ -413,6 +413,8 @@ def test_ci_runs_the_readmes_test_command_with_the_lock():
     assert "-c requirements_lock.txt" in command
     assert command in ci.splitlines()
     assert "ruff check ." in ci.splitlines()
+    # The tests kept out of the default suite still run in CI.
+    assert 'python -m pytest -m "heavy and not slow"' in ci.splitlines()
     with open(os.path.join(REPO_ROOT, "requirements_lock.txt")) as f:
         assert re.search(r"^ruff==", f.read(), re.MULTILINE)
 

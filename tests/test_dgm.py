@@ -236,6 +236,7 @@ def test_one_and_two_replicas_agree(ci_benchmark, mirrored_strategy):
 
 
 # Runs -----------------------------------------------------------------------
+@pytest.mark.heavy
 def test_run_writes_results_samples_and_generator_export(tmp_path,
                                                          ci_benchmark):
     config = _config(model_dir=str(tmp_path / "run"), epochs=2, verbose=0,
@@ -406,6 +407,7 @@ def test_fast_preset_only_for_methods_that_have_one():
         resolve_config(get_method("ewc"), "split_mnist", {"fast": True})
 
 
+@pytest.mark.heavy
 def test_results_json_is_json(tmp_path, ci_benchmark):
     config = _config(model_dir=str(tmp_path / "r"), verbose=0, export=False)
     train_lib.run(config, benchmark=ci_benchmark)
@@ -414,6 +416,7 @@ def test_results_json_is_json(tmp_path, ci_benchmark):
     assert results["config"]["generator_units"] == [6, 4]
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize(
     "name", ["class_incremental_svhn", "class_incremental_cifar10"])
 def test_tfds_pipelines_run_end_to_end_on_mock_data(name, monkeypatch,
@@ -443,6 +446,7 @@ class _Killed(Exception):
     pass
 
 
+@pytest.mark.heavy
 def test_killed_run_resumes_to_the_same_results(tmp_path, ci_benchmark,
                                                 monkeypatch):
     """Killed mid-task 2, rerun: masks, grown layers and both optimizers
@@ -488,6 +492,7 @@ def test_output_layer_starts_each_task_from_the_previous(cls):
 
 
 # Scoring a generator with a reference classifier ------------------------------
+@pytest.mark.heavy
 def test_reference_classifier_scores_what_a_generator_draws(tmp_path,
                                                            ci_benchmark):
     from cl_zoo import generator_score as score_generator

@@ -374,6 +374,7 @@ def test_storage_adds_one_tasks_memory():
 
 # ----------------------------------------------------------------------
 # A whole run: memory in the checkpoints, not in the exports.
+@pytest.mark.heavy
 def test_run_keeps_old_tasks_and_checkpoints_the_memory(tmp_path,
                                                         tiny_benchmark):
     def config(name):

@@ -121,6 +121,7 @@ def _comparable(results):
     return out
 
 
+@pytest.mark.heavy
 def test_same_seed_gives_the_same_run(tmp_path, tiny_benchmark):
     """Two runs of one config in one process: the same results.json (but
     the wall time) and bit-identical weights, without op determinism."""
@@ -402,6 +403,7 @@ def _unfinished_run(tmp_path, benchmark):
     return config
 
 
+@pytest.mark.heavy
 def test_broken_run_state_is_an_error_never_a_restart(tmp_path,
                                                       tiny_benchmark):
     """Every corruption of an unfinished run's checkpoint or progress.json
@@ -483,6 +485,7 @@ class _Killed(Exception):
     pass
 
 
+@pytest.mark.heavy
 def test_kill_while_writing_a_checkpoint_resumes_from_the_previous(
         tmp_path, tiny_benchmark, monkeypatch):
     """A checkpoint written halfway is never named in progress.json: the
@@ -526,6 +529,7 @@ def test_kill_while_writing_a_checkpoint_resumes_from_the_previous(
         train_lib.read_progress(config.model_dir)["checkpoint"]]
 
 
+@pytest.mark.heavy
 def test_kill_while_exporting_leaves_no_half_export(tmp_path,
                                                     tiny_benchmark,
                                                     monkeypatch):

@@ -83,6 +83,7 @@ def test_run_leaves_summaries_plots_and_exports(finished_run):
                 if e.startswith(".tmp")]
 
 
+@pytest.mark.heavy
 def test_exports_load_without_cl_zoo(finished_run, tiny_benchmark, tmp_path):
     config, results = finished_run
     arrays = {}
@@ -149,6 +150,7 @@ class _Killed(Exception):
     pass
 
 
+@pytest.mark.heavy
 def test_killed_run_resumes_without_retraining(tmp_path, tiny_benchmark,
                                                monkeypatch):
     config = config_for(tmp_path, method="ewc", head="multi")
@@ -219,6 +221,7 @@ def test_mirrored_two_replicas_trains(tmp_path, tiny_benchmark,
     assert np.all(np.diag(np.array(results["accuracy_matrix"])) > 0.9)
 
 
+@pytest.mark.heavy
 def test_toy_run_writes_decision_boundaries(tmp_path):
     from cl_zoo import benchmarks
 
@@ -287,6 +290,7 @@ def test_importances_are_logged_as_histograms(finished_run):
     assert all(s == {1, 2, 3} for s in steps.values())
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize(
     "method", ["bd_ewc", "ad_ewc", "psp", "finetune", "ewc"])
 def test_evaluate_on_a_tasks_dataset_scores_that_task(
@@ -310,6 +314,7 @@ def test_evaluate_on_a_tasks_dataset_scores_that_task(
         assert logs["accuracy"] == pytest.approx(last_row[t], abs=1e-6), t
 
 
+@pytest.mark.heavy
 def test_readme_library_example_runs_verbatim_and_matches_the_trainer(
         tmp_path, capsys):
     """The README's library example, executed as written, prints the

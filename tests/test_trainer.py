@@ -446,6 +446,7 @@ def test_help_lists_every_methods_own_default():
 
 
 # Interrupting and sharing a run directory -----------------------------------
+@pytest.mark.heavy
 def test_ctrl_c_exits_130_with_one_line_and_the_rerun_resumes(tmp_path):
     """SIGINT mid-run: exit 130, one line saying how to resume, no
     traceback; the same command then resumes at the epoch after the last

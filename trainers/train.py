@@ -172,7 +172,18 @@ INTERRUPTED = 130  # the shell's status for a run ended by SIGINT
 
 def main(argv):
     """`_main`, with Ctrl-C ending in one line that says how to resume."""
+    import signal
+
+    from cl_zoo import train_lib
+
     started = []  # the model_dirs of the runs that started
+
+    def on_interrupt(signum, frame):
+        # A second Ctrl-C ends the process at once.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        train_lib.StopRequest.request()
+
+    signal.signal(signal.SIGINT, on_interrupt)
     try:
         _main(argv, started)
     except KeyboardInterrupt:
