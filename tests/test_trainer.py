@@ -414,6 +414,8 @@ def test_bench_step_bad_names_exit_2(run_trainer, flag, fragment):
     assert result.returncode == 2
     assert fragment in result.stderr
     assert "Traceback" not in result.stderr
+    # One line: no TensorFlow start-up notices (cl_zoo.startup).
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_help_lists_every_methods_own_default():

@@ -38,6 +38,9 @@ flags.DEFINE_integer("seed", 0, "Seed of the weights and the data.")
 
 def main(argv):
     del argv
+    from cl_zoo.startup import import_tensorflow_quietly
+
+    import_tensorflow_quietly()  # no C++ start-up notices on stderr
     import keras
     import numpy as np
     import tensorflow as tf

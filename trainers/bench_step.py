@@ -99,6 +99,9 @@ def _report(label, method, plain):
 
 def main(argv):
     del argv
+    from cl_zoo.startup import import_tensorflow_quietly
+
+    import_tensorflow_quietly()  # no C++ start-up notices on stderr
     import numpy as np
     import tensorflow as tf
 

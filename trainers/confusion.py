@@ -36,6 +36,9 @@ def _fail(message):
 
 def main(argv):
     del argv
+    from cl_zoo.startup import import_tensorflow_quietly
+
+    import_tensorflow_quietly()  # no C++ start-up notices on stderr
     from cl_zoo.confusion import format_matrix, run_confusion
 
     if not FLAGS.run:

@@ -78,6 +78,9 @@ def _per_class(values):
 
 def main(argv):
     del argv
+    from cl_zoo.startup import import_tensorflow_quietly
+
+    import_tensorflow_quietly()  # no C++ start-up notices on stderr
     import tensorflow as tf
 
     from cl_zoo import benchmarks
