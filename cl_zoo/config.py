@@ -34,6 +34,8 @@ __all__ = ["ConfigError", "RunConfig", "resolve_config", "RUN_SETTINGS"]
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored")
 OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
 HEADS = ("single", "multi", "shared")
+INITIALIZERS = ("glorot_uniform", "he_uniform", "torch_default")
+NORMALIZATIONS = ("none", "standard")
 
 # The run's generic settings, in the order `--help` lists them. `method`
 # and `benchmark` are the two required names, resolved apart.
@@ -55,6 +57,9 @@ RUN_SETTINGS = (
             "factor after every epoch, over the whole run (the SPP paper: "
             "0.96); 1 is constant.", above=0, maximum=1,
             expected="a number in (0, 1] (1: constant)"),
+    Setting("steps_per_task", int, None, "Train each task for N steps "
+            "(batches) instead of --epochs epochs: the task's data repeats "
+            "as often as needed. Unset: --epochs decides.", minimum=1),
     Setting("seed", int, 0, "Seed of initialization, data order and "
             "permutations."),
     Setting("num_tasks", int, None, "Number of tasks; only permuted_mnist "
@@ -66,8 +71,23 @@ RUN_SETTINGS = (
             "the AMN paper's '3 shared outputs').", choices=HEADS),
     Setting("hidden_units", (int,), (100, 100), "Comma-separated widths of "
             "the hidden dense layers.", minimum=1),
-    Setting("architecture", str, "mlp", "'mlp', or 'lenet' (LeNet conv/pool "
-            "layers before the dense ones).", choices=ARCHITECTURES),
+    Setting("architecture", str, "mlp", "'mlp'; 'lenet' (LeNet conv/pool "
+            "layers before the dense ones); or 'resnet18', the reduced "
+            "ResNet-18 of GEM / A-GEM / Mammoth for colour images (its "
+            "global-pooled features feed the dense layers; "
+            "--hidden_units= for none).", choices=ARCHITECTURES),
+    Setting("resnet_width", int, 20, "Channels of the first stage of "
+            "--architecture=resnet18 (the reduced ResNet-18 of GEM, A-GEM "
+            "and Mammoth uses 20; the stages double it).", minimum=1),
+    Setting("initializer", str, "glorot_uniform", "Weight initializer of "
+            "the backbone (hidden layers, convolutions and heads): Keras's "
+            "glorot_uniform, he_uniform, or torch_default (PyTorch's "
+            "nn.Linear / nn.Conv2d scheme: weights and biases uniform in "
+            "+-1/sqrt(fan_in)).", choices=INITIALIZERS),
+    Setting("normalize", str, "none", "Input normalisation inside the "
+            "model: 'standard' subtracts the per-channel mean and divides by "
+            "the per-channel std of the training split, so exports still "
+            "take [0, 1] pixels.", choices=NORMALIZATIONS),
     Setting("activation", str, "relu", "Hidden activation (a Keras name)."),
     Setting("dropout", float, 0.0, "Dropout rate after every hidden layer "
             "during training.", minimum=0, below=1,
@@ -110,10 +130,10 @@ RUN_SETTING_NAMES = tuple(s.name for s in RUN_SETTINGS)
 # How `--help` groups the run's settings (a test checks that each is in
 # exactly one group).
 RUN_GROUPS = {
-    "Training": ("epochs", "batch_size", "lr", "optimizer", "adam_beta1",
-                 "lr_decay", "seed", "fast"),
-    "Network": ("head", "hidden_units", "architecture", "activation",
-                "dropout", "loss"),
+    "Training": ("epochs", "steps_per_task", "batch_size", "lr",
+                 "optimizer", "adam_beta1", "lr_decay", "seed", "fast"),
+    "Network": ("head", "hidden_units", "architecture", "resnet_width",
+                "initializer", "normalize", "activation", "dropout", "loss"),
     "Method": ("consolidation",),
     "Benchmark": ("num_tasks", "data_dir"),
     "Distribution": ("strategy", "num_cpu_devices"),

@@ -217,6 +217,38 @@ class Benchmark:
         """Number of test examples of task `t`."""
         return int(self._test_idx[self._check_task(t)].size)
 
+    def channel_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Per-channel `(mean, std)` of the whole training pool, on the
+        pipeline's scale (uint8 pixels / 255), before any permutation or
+        rotation (both leave per-channel statistics nearly unchanged).
+
+        Images `(H, W, C)` give C values each; other inputs one value over
+        every feature. A std of 0 (a constant channel) is reported as 1, so
+        that dividing by it is harmless. Memoized.
+        """
+        if "stats" not in self._tensors:
+            x = self._train_x
+            channels = x.shape[-1] if x.ndim == 4 else 1
+            total = np.zeros(channels)
+            squares = np.zeros(channels)
+            count = 0
+            for start in range(0, x.shape[0], 4096):
+                chunk = x[start:start + 4096].astype(np.float64)
+                if x.dtype == np.uint8:
+                    chunk /= 255.0
+                chunk = chunk.reshape(-1, channels)
+                total += chunk.sum(axis=0)
+                squares += np.square(chunk).sum(axis=0)
+                count += chunk.shape[0]
+            mean = total / max(count, 1)
+            var = np.maximum(squares / max(count, 1) - np.square(mean), 0.0)
+            std = np.sqrt(var)
+            std[std == 0] = 1.0
+            self._tensors["stats"] = (
+                tuple(float(v) for v in mean), tuple(float(v) for v in std)
+            )
+        return self._tensors["stats"]
+
     def __repr__(self):
         return (
             f"Benchmark(name={self.name!r}, num_tasks={self.num_tasks}, "
