@@ -70,7 +70,8 @@ RUN_SETTINGS = (
             "task, shared by all tasks, labels indexing each task's classes; "
             "the AMN paper's '3 shared outputs').", choices=HEADS),
     Setting("hidden_units", (int,), (100, 100), "Comma-separated widths of "
-            "the hidden dense layers.", minimum=1),
+            "the hidden dense layers (empty, --hidden_units=, for none: the "
+            "head reads the backbone's features).", minimum=1, min_items=0),
     Setting("architecture", str, "mlp", "'mlp'; 'lenet' (LeNet conv/pool "
             "layers before the dense ones); or 'resnet18', the reduced "
             "ResNet-18 of GEM / A-GEM / Mammoth for colour images (its "
