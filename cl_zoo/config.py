@@ -20,6 +20,11 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
+from cl_zoo.benchmarks import (
+    all_benchmark_settings,
+    benchmark_settings,
+    readers_of,
+)
 from cl_zoo.consolidation.registry import (
     consolidation_names,
     get_consolidation,
@@ -62,8 +67,9 @@ RUN_SETTINGS = (
             "as often as needed. Unset: --epochs decides.", minimum=1),
     Setting("seed", int, 0, "Seed of initialization, data order and "
             "permutations."),
-    Setting("num_tasks", int, None, "Number of tasks; only permuted_mnist "
-            "lets you choose (default 10).", minimum=1),
+    Setting("num_tasks", int, None, "Number of tasks of permuted_mnist, "
+            "permuted and rotated (default 10); class_split: its first N "
+            "tasks. The other benchmarks have a fixed number.", minimum=1),
     Setting("head", str, "single", "Output layer: 'single' (one head over "
             "all classes of the benchmark, the incremental setting), 'multi' "
             "(one head per task) or 'shared' (one head as wide as the widest "
@@ -229,49 +235,62 @@ def run_settings():
     return {s.name: s for s in RUN_SETTINGS}
 
 
-def applicable_settings(method_cls, consolidation):
-    """`{name: Setting}` a run of `method_cls` with `consolidation` reads."""
+def applicable_settings(method_cls, consolidation, benchmark=None):
+    """`{name: Setting}` a run of `method_cls` with `consolidation` (on
+    `benchmark`, whose own settings join when it is given) reads."""
     groups = [RUN_SETTINGS, method_cls.settings()]
     cls = get_consolidation(consolidation)
     if cls is not None:
         groups.append(cls.SETTINGS)
+    if benchmark is not None:
+        groups.append(benchmark_settings(benchmark))
     return merge(groups)
 
 
 def all_settings():
-    """`{name: Setting}` of the run, every method and consolidation."""
+    """`{name: Setting}` of the run, every method, consolidation and
+    benchmark."""
     groups = [RUN_SETTINGS]
     groups += [get_method(m).settings() for m in method_names()]
     groups += [
         get_consolidation(c).SETTINGS for c in consolidation_names()
         if c != "none"
     ]
+    groups.append(tuple(all_benchmark_settings().values()))
     return merge(groups)
 
 
 def owners_of(name):
-    """`(methods, consolidations)` that declare setting `name`."""
+    """`(methods, consolidations, benchmarks)` that declare setting
+    `name`."""
     methods = [m for m in method_names()
                if name in {s.name for s in get_method(m).settings()}]
     consolidations = [
         c for c in consolidation_names() if c != "none"
         and name in {s.name for s in get_consolidation(c).SETTINGS}
     ]
-    return methods, consolidations
+    return methods, consolidations, readers_of(name)
 
 
 def owners_phrase(name):
     """`--method=a/b and --consolidation=c`: who reads setting `name`."""
-    methods, consolidations = owners_of(name)
+    methods, consolidations, benchmarks = owners_of(name)
     users = []
     if methods:
         users.append("--method=" + "/".join(methods))
     if consolidations:
         users.append("--consolidation=" + "/".join(consolidations))
+    if benchmarks:
+        users.append("--benchmark=" + "/".join(benchmarks))
     return " and ".join(users)
 
 
-def _not_read(name, method, consolidation):
+def _not_read(name, method, consolidation, benchmark):
+    if name in all_benchmark_settings():
+        return ConfigError(
+            f"--{name} is not read by --benchmark={benchmark}; it is a "
+            f"setting of {owners_phrase(name)}."
+        )
     return ConfigError(
         f"--{name} is not read by --method={method} with "
         f"--consolidation={consolidation}; it is a setting of "
@@ -336,16 +355,29 @@ def resolve_config(method_cls, benchmark: str, overrides: dict, *,
             f"--method={method}: its train step applies no consolidation "
             "penalty."
         )
-    applicable = applicable_settings(method_cls, consolidation)
+    applicable = applicable_settings(method_cls, consolidation, benchmark)
     known = all_settings()
     for key in sorted(given):
         if key not in known:
             raise ConfigError(f"Unknown setting --{key}.")
         if key not in applicable:
             if not skip_unread:
-                raise _not_read(key, method, consolidation)
+                raise _not_read(key, method, consolidation, benchmark)
             del given[key]
             layered.pop(key)
+    if given.get("steps_per_task") is not None:
+        if "epochs" in given:
+            raise ConfigError(
+                "--epochs and --steps_per_task both set the training length; "
+                "give one."
+            )
+        layered["epochs"] = 1  # one pass of steps_per_task batches
+    architecture = layered.get("architecture", "mlp")
+    if "resnet_width" in given and architecture != "resnet18":
+        raise ConfigError(
+            f"--resnet_width is read with --architecture=resnet18 only (this "
+            f"run: --architecture={architecture})."
+        )
     optimizer = layered.get("optimizer", run_settings()["optimizer"].default)
     if "adam_beta1" in given and optimizer != "adam":
         raise ConfigError(

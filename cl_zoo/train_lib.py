@@ -453,6 +453,20 @@ class _Timer(keras.callbacks.Callback):
         self.run.train_seconds += time.perf_counter() - self._start
 
 
+def check_data(config, benchmark):
+    """Refuses a run that the data cannot feed (BenchmarkError): a batch
+    larger than a task's training set would train on nothing."""
+    sizes = [benchmark.train_size(t) for t in range(benchmark.num_tasks)]
+    smallest = min(range(len(sizes)), key=sizes.__getitem__)
+    if config.batch_size > sizes[smallest]:
+        raise benchmarks_lib.BenchmarkError(
+            f"--batch_size={config.batch_size} is larger than task "
+            f"{smallest}'s training set ({sizes[smallest]} examples), so "
+            f"that task would train on nothing; use --batch_size <= "
+            f"{sizes[smallest]}."
+        )
+
+
 # ----------------------------------------------------------------------
 # The run.
 class ContinualRun:
@@ -460,14 +474,11 @@ class ContinualRun:
 
     def __init__(self, config: RunConfig, benchmark=None, strategy=None):
         self.config = config
+        # The data first: bad data must leave --model_dir untouched.
+        self.benchmark = benchmark or benchmarks_lib.run_benchmark(config)
+        check_data(config, self.benchmark)
         self.lock = RunLock(config.model_dir)
         self.progress = prepare_model_dir(config, self.lock)
-        self.benchmark = benchmark or benchmarks_lib.get_benchmark(
-            config.benchmark,
-            num_tasks=config.num_tasks,
-            seed=config.seed,
-            data_dir=config.data_dir,
-        )
         self.strategy = strategy or make_strategy(config)
         keras.utils.set_random_seed(config.seed)
         method_cls = get_method(config.method)
@@ -583,6 +594,10 @@ class ContinualRun:
         dataset = model.train_dataset(
             task, self.benchmark, config.batch_size, seed=config.seed + task
         )
+        if config.steps_per_task:
+            # One "epoch" of exactly steps_per_task batches, the task's data
+            # reshuffled at every pass.
+            dataset = dataset.repeat().take(config.steps_per_task)
         for _ in range(2 * first_epoch):
             # Every new iterator reshuffles, and Keras 3.15's fit makes two
             # per epoch (one at its start, one when an epoch ends): pass the
@@ -729,6 +744,7 @@ class ContinualRun:
             "num_tasks": self.benchmark.num_tasks,
             "seed": config.seed,
             "task_classes": self.benchmark.task_classes,
+            "data": self.benchmark.describe(),
             "accuracy_matrix": self.matrix,
             "initial_accuracy": self.initial,
             **summary,

@@ -186,6 +186,10 @@ def method_help(method, benchmark=None):
             [n for n in settings if n not in RUN_SETTING_NAMES
              and n not in own],
         )
+    from cl_zoo.benchmarks import benchmark_settings
+
+    block(f"Settings of --benchmark={shown}:",
+          [s.name for s in benchmark_settings(shown)])
     block("Run settings:", [n for n in RUN_SETTING_NAMES if n != "model_dir"])
     lines.append("")
     lines.append("Required: --method, --benchmark, --model_dir. "
@@ -231,6 +235,12 @@ def short_help(program_doc, extra=()):
             if name == "consolidation":
                 text += f" One of: {', '.join(consolidation_names())}."
             lines.append(f"  --{name:<18}{text}")
+        if group == "Benchmark":
+            from cl_zoo.benchmarks import all_benchmark_settings
+
+            for name, setting in all_benchmark_settings().items():
+                lines.append(f"  --{name:<18}"
+                             f"{_first_sentence(setting.help)}")
         for where, name, text in extra:
             if where == group:
                 lines.append(f"  --{name:<18}{_first_sentence(text)}")

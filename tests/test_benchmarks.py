@@ -33,6 +33,9 @@ CONTRACT_NAMES = {
     "disjoint_cifar10",
     "class_incremental_svhn",
     "class_incremental_cifar10",
+    "class_split",
+    "permuted",
+    "rotated",
 }
 
 MNIST_PROTOCOLS = {
@@ -585,7 +588,10 @@ TFDS_PROTOCOLS = {
 def test_tfds_protocols_with_mock_data(name, monkeypatch, tmp_path):
     monkeypatch.setattr(tfds_sets, "_network_reachable", lambda name: True)
     expected, num_classes = TFDS_PROTOCOLS[name]
-    with tfds.testing.mock_data(num_examples=400):
+    # Enough random examples that every class of the protocol has some (a
+    # task without test examples is refused).
+    examples = 2000 if name == "split_cifar100" else 400
+    with tfds.testing.mock_data(num_examples=examples):
         bm = benchmarks.get_benchmark(name, data_dir=str(tmp_path))
     assert bm.task_classes == expected and bm.num_classes == num_classes
     assert bm.input_shape == (32, 32, 3)

@@ -232,14 +232,10 @@ def _main(argv, started):
             # Load the data before the run touches --model_dir: a bad
             # --num_tasks or missing data must leave no trace behind (and
             # must not let --overwrite delete the previous run first).
-            data_key = (config.num_tasks, config.seed, config.data_dir)
+            data_key = (config.num_tasks, config.seed, config.data_dir,
+                        tuple(benchmarks.benchmark_options(config).items()))
             if benchmark is None or data_key != loaded_key:
-                benchmark = benchmarks.get_benchmark(
-                    config.benchmark,
-                    num_tasks=config.num_tasks,
-                    seed=config.seed,
-                    data_dir=config.data_dir,
-                )
+                benchmark = benchmarks.run_benchmark(config)
                 loaded_key = data_key
             started.append(config.model_dir)
             run = train_lib.ContinualRun(config, benchmark=benchmark)

@@ -85,7 +85,22 @@ class Benchmark:
         permutations: optional int array `(num_tasks, prod(input_shape))`;
             task t's inputs are flattened, reordered with
             `x_flat[:, permutations[t]]` and reshaped back.
+        pixel_maps: optional int array `(num_tasks, H * W)` for images
+            `(H, W, C)`: output pixel i of task t takes input pixel
+            `pixel_maps[t, i]` (all its channels), or zeros where that is
+            `H * W` (a rotation's corners).
+
+    Every task must have training and test examples. Attributes that
+    describe the sequence for `results.json` (`describe()`): `source`,
+    `scenario`, `class_order`, `class_names`, `angles`.
     """
+
+    # Set by the scenario that builds the benchmark (see `describe`).
+    source = None
+    scenario = None
+    class_order = None
+    class_names = None
+    angles = None
 
     def __init__(
         self,
@@ -98,6 +113,7 @@ class Benchmark:
         train_indices: Sequence[np.ndarray] | None = None,
         test_indices: Sequence[np.ndarray] | None = None,
         permutations: np.ndarray | None = None,
+        pixel_maps: np.ndarray | None = None,
     ):
         self.name = str(name)
         self.task_classes = [[int(c) for c in cls] for cls in task_classes]
@@ -140,6 +156,25 @@ class Benchmark:
                 )
             permutations = permutations.astype(np.int32)
         self.permutations = permutations
+        if pixel_maps is not None:
+            pixel_maps = np.asarray(pixel_maps)
+            if len(self.input_shape) != 3 or pixel_maps.shape != (
+                    self.num_tasks, self.input_shape[0] * self.input_shape[1]):
+                raise BenchmarkError(
+                    f"{name}: pixel_maps must have shape (num_tasks, H * W) "
+                    f"for images (H, W, C); got {pixel_maps.shape} for "
+                    f"inputs {self.input_shape}"
+                )
+            pixel_maps = pixel_maps.astype(np.int32)
+        self.pixel_maps = pixel_maps
+        for t, cls in enumerate(self.task_classes):
+            for split, idx in (("training", self._train_idx[t]),
+                               ("test", self._test_idx[t])):
+                if idx.size == 0:
+                    raise BenchmarkError(
+                        f"{name}: task {t} (classes {cls}) has no {split} "
+                        "examples"
+                    )
 
         # global -> local label per task; -1 for classes outside the task.
         local = np.full((self.num_tasks, self.num_classes), -1, np.int32)
@@ -249,6 +284,27 @@ class Benchmark:
             )
         return self._tensors["stats"]
 
+    def describe(self) -> dict:
+        """What `results.json` records of the sequence ("data")."""
+        out = {
+            "source": self.source,
+            "scenario": self.scenario or self.name,
+            "input_shape": list(self.input_shape),
+            "num_classes": self.num_classes,
+            "task_classes": self.task_classes,
+            "train_examples": [self.train_size(t)
+                               for t in range(self.num_tasks)],
+            "test_examples": [self.test_size(t)
+                              for t in range(self.num_tasks)],
+        }
+        if self.class_order is not None:
+            out["class_order"] = list(self.class_order)
+        if self.class_names is not None:
+            out["class_names"] = list(self.class_names)
+        if self.angles is not None:
+            out["angles"] = list(self.angles)
+        return out
+
     def __repr__(self):
         return (
             f"Benchmark(name={self.name!r}, num_tasks={self.num_tasks}, "
@@ -274,15 +330,21 @@ class Benchmark:
                     if self.permutations is not None
                     else None
                 )
+                maps = (
+                    tf.constant(self.pixel_maps)
+                    if self.pixel_maps is not None
+                    else None
+                )
                 self._tensors["tables"] = (
                     tf.constant(self._local_labels),
                     perms,
+                    maps,
                 )
         return self._tensors[split], self._tensors["tables"]
 
     def _preprocess_fn(self, split, head, with_task_id):
         """Maps a batch of `(pool_index, task)` to model inputs and labels."""
-        (pool_x, pool_y), (local, perms) = self._pool_tensors(split)
+        (pool_x, pool_y), (local, perms, maps) = self._pool_tensors(split)
         scale = self._train_x.dtype == np.uint8
         shape = self.input_shape
         size = int(np.prod(shape))
@@ -298,6 +360,12 @@ class Benchmark:
                 flat = tf.reshape(x, [-1, size])
                 flat = tf.gather(flat, tf.gather(perms, task), batch_dims=1)
                 x = tf.reshape(flat, [-1, *shape])
+            if maps is not None:
+                pixels = tf.reshape(x, [-1, shape[0] * shape[1], shape[2]])
+                pixels = tf.pad(pixels, [[0, 0], [0, 1], [0, 0]])
+                pixels = tf.gather(pixels, tf.gather(maps, task),
+                                   batch_dims=1)
+                x = tf.reshape(pixels, [-1, *shape])
             if multi:
                 y = tf.gather_nd(local, tf.stack([task, y], axis=-1))
             if with_task_id:

@@ -377,39 +377,49 @@ def fetch_mnist() -> str:
 
 
 # ------------------------------------------------------------------ protocols
-def _mnist_benchmark(name, task_classes, data_dir, permutations=None):
+def _mnist_benchmark(name, task_classes, data_dir, permutations=None,
+                     class_order=None):
+    from cl_zoo.benchmarks.scenarios import ordered_tasks
+
     x_train, y_train, x_test, y_test = load_mnist(data_dir)
-    return Benchmark(
+    task_classes, order = ordered_tasks(task_classes, class_order, range(10))
+    bm = Benchmark(
         name,
         train=(x_train.reshape(-1, 28, 28, 1), y_train),
         test=(x_test.reshape(-1, 28, 28, 1), y_test),
         task_classes=task_classes,
-        num_classes=10,
+        num_classes=max(10, max(max(t) for t in task_classes) + 1),
         permutations=permutations,
     )
+    bm.source = "mnist"
+    bm.class_order = order
+    return bm
 
 
-def split_mnist(*, data_dir=None, seed=0):
+def split_mnist(*, data_dir=None, seed=0, class_order=None):
     """5 tasks of 2 digits: {0,1}, {2,3}, {4,5}, {6,7}, {8,9}."""
     del seed  # the protocol is fixed
     return _mnist_benchmark(
-        "split_mnist", [[2 * t, 2 * t + 1] for t in range(5)], data_dir
+        "split_mnist", [[2 * t, 2 * t + 1] for t in range(5)], data_dir,
+        class_order=class_order,
     )
 
 
-def disjoint_mnist(*, data_dir=None, seed=0):
+def disjoint_mnist(*, data_dir=None, seed=0, class_order=None):
     """3 tasks: {0,1,2}, {4,5,6}, {7,8,9}; digit 3 is unused."""
     del seed
     return _mnist_benchmark(
-        "disjoint_mnist", [[0, 1, 2], [4, 5, 6], [7, 8, 9]], data_dir
+        "disjoint_mnist", [[0, 1, 2], [4, 5, 6], [7, 8, 9]], data_dir,
+        class_order=class_order,
     )
 
 
-def class_incremental_mnist(*, data_dir=None, seed=0):
+def class_incremental_mnist(*, data_dir=None, seed=0, class_order=None):
     """10 tasks of one digit each."""
     del seed
     return _mnist_benchmark(
-        "class_incremental_mnist", [[d] for d in range(10)], data_dir
+        "class_incremental_mnist", [[d] for d in range(10)], data_dir,
+        class_order=class_order,
     )
 
 

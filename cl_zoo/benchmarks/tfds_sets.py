@@ -1,26 +1,14 @@
-"""CIFAR-10, CIFAR-100 and SVHN protocols, loaded with tensorflow-datasets.
+"""Loading tensorflow-datasets image-classification sets into memory.
 
-Each data set is read whole into memory as uint8 numpy arrays
-(`tfds.load(..., as_supervised=True)` in batches of 10000), inputs `(32, 32, 3)`
-scaled to [0, 1] in the pipeline.
+A split is read whole as uint8 numpy arrays (its `image` and `label`
+features, in batches of 10000), optionally resized. The CIFAR / SVHN
+protocols built on it live in `cifar`, any other set is a `tfds:` source
+(`sources`).
 
 Loading fails fast offline: when the data set is not prepared in `data_dir`
 (default `~/tensorflow_datasets`), a download is attempted only if the
 download host answers a TCP connection within a few seconds; otherwise
 `DataUnavailableError` says how to prepare the data elsewhere.
-
-Protocols:
-
-* `split_cifar10`: 5 tasks of 2 classes, {0,1}, ..., {8,9}.
-* `split_cifar100`: 10 tasks of 2 classes over the first 20 fine labels,
-  {0,1}, ..., {18,19}: the BPN paper's incremental CIFAR-100 ("10 tasks; each
-  new task has 2 classes. We use 20 classes"). The single-head output covers
-  those 20 classes (`num_classes == 20`).
-* `disjoint_cifar10`: 3 tasks, {0,1,2}, {4,5,6}, {7,8,9} (class 3 unused),
-  as `disjoint_mnist`.
-* `class_incremental_cifar10`, `class_incremental_svhn`: 10 tasks of one
-  class each (`svhn_cropped`, train and test splits; the extra split is not
-  used).
 """
 
 from __future__ import annotations
@@ -32,7 +20,7 @@ import threading
 import numpy as np
 from absl import logging
 
-from cl_zoo.benchmarks.base import Benchmark, DataUnavailableError
+from cl_zoo.benchmarks.base import BenchmarkError, DataUnavailableError
 
 # Hosts the tfds builders download from (TCP port 443).
 DOWNLOAD_HOSTS = {
@@ -102,10 +90,31 @@ def _unavailable(name, data_dir, reason):
     )
 
 
-def load_tfds(name: str, data_dir=None):
+def builder_features(name: str, data_dir=None):
+    """The features of tfds set `name` (`NAME` or `NAME/CONFIG`), from its
+    code (no download); BenchmarkError when tfds knows no such set."""
+    import tensorflow_datasets as tfds
+
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)
+    try:
+        return dict(tfds.builder(name, data_dir=data_dir).info.features)
+    except Exception as e:  # noqa: BLE001 - tfds raises many kinds
+        reason = " ".join(f"{type(e).__name__}: {e}".split())[:160]
+        raise BenchmarkError(
+            f"tensorflow-datasets has no usable data set {name!r} ({reason})"
+        ) from None
+    finally:
+        logging.set_verbosity(verbosity)
+
+
+def load_tfds(name: str, data_dir=None, splits=("train", "test"),
+              image_size=None):
     """Returns `(x_train, y_train, x_test, y_test)` of a tfds data set.
 
-    Images are uint8 `[N, H, W, C]`, labels int32.
+    Reads the `image` and `label` features of the two `splits` (tfds split
+    names, slices allowed: `train[:80%]`). Images are uint8 `[N, H, W, C]`
+    (resized bilinearly to `image_size` when given), labels int32.
 
     Raises:
         DataUnavailableError: not prepared and not downloadable.
@@ -120,15 +129,17 @@ def load_tfds(name: str, data_dir=None):
             raise _unavailable(name, data_dir, "the network is unreachable")
         logging.info("tfds: downloading and preparing %s", name)
     try:
-        splits = tfds.load(
+        datasets = tfds.load(
             name,
-            split=["train", "test"],
+            split=list(splits),
             data_dir=data_dir,
-            as_supervised=True,
-            batch_size=LOAD_BATCH,
             download=not prepared,
         )
-        (x_train, y_train), (x_test, y_test) = (_to_numpy(ds) for ds in splits)
+        (x_train, y_train), (x_test, y_test) = (
+            _to_numpy(ds, image_size) for ds in datasets
+        )
+    except BenchmarkError:
+        raise
     except Exception as e:  # noqa: BLE001 - report any failure in one line
         reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
         raise _unavailable(name, data_dir, f"loading failed ({reason})") from e
@@ -142,85 +153,30 @@ def load_tfds(name: str, data_dir=None):
     return x_train, y_train, x_test, y_test
 
 
-def _to_numpy(ds):
-    """Concatenates a batched `(image, label)` dataset into numpy arrays."""
+def _to_numpy(ds, image_size=None):
+    """Reads a split's `image` and `label` features into numpy arrays."""
+    import tensorflow as tf
     import tensorflow_datasets as tfds
 
+    def pick(element):
+        image = element["image"]
+        if image_size is not None:
+            image = tf.cast(tf.clip_by_value(tf.round(tf.image.resize(
+                image, image_size)), 0, 255), tf.uint8)
+        return image, element["label"]
+
     xs, ys = [], []
-    for x, y in tfds.as_numpy(ds):
-        xs.append(np.asarray(x, np.uint8))
-        ys.append(np.asarray(y).astype(np.int32))
+    try:
+        for x, y in tfds.as_numpy(ds.map(pick).batch(LOAD_BATCH)):
+            xs.append(np.asarray(x, np.uint8))
+            ys.append(np.asarray(y).astype(np.int32))
+    except tf.errors.InvalidArgumentError as e:
+        if image_size is None and "shape" in str(e).lower():
+            raise BenchmarkError(
+                "the images of this tfds set differ in size; pass "
+                "--image_size=H,W to resize them"
+            ) from None
+        raise
     if not xs:
         raise ValueError("the split is empty")
     return np.concatenate(xs), np.concatenate(ys)
-
-
-def _tfds_benchmark(name, dataset, task_classes, num_classes, data_dir):
-    x_train, y_train, x_test, y_test = load_tfds(dataset, data_dir)
-    return Benchmark(
-        name,
-        train=(x_train, y_train),
-        test=(x_test, y_test),
-        task_classes=task_classes,
-        num_classes=num_classes,
-    )
-
-
-def split_cifar10(*, data_dir=None, seed=0):
-    """5 tasks of 2 CIFAR-10 classes."""
-    del seed
-    return _tfds_benchmark(
-        "split_cifar10",
-        "cifar10",
-        [[2 * t, 2 * t + 1] for t in range(5)],
-        10,
-        data_dir,
-    )
-
-
-def split_cifar100(*, data_dir=None, seed=0):
-    """10 tasks of 2 CIFAR-100 classes, fine labels 0..19 (BPN protocol)."""
-    del seed
-    return _tfds_benchmark(
-        "split_cifar100",
-        "cifar100",
-        [[2 * t, 2 * t + 1] for t in range(10)],
-        20,
-        data_dir,
-    )
-
-
-def disjoint_cifar10(*, data_dir=None, seed=0):
-    """3 tasks of CIFAR-10: {0,1,2}, {4,5,6}, {7,8,9}."""
-    del seed
-    return _tfds_benchmark(
-        "disjoint_cifar10",
-        "cifar10",
-        [[0, 1, 2], [4, 5, 6], [7, 8, 9]],
-        10,
-        data_dir,
-    )
-
-
-def class_incremental_cifar10(*, data_dir=None, seed=0):
-    """10 tasks of one CIFAR-10 class each."""
-    del seed
-    return _tfds_benchmark(
-        "class_incremental_cifar10",
-        "cifar10",
-        [[c] for c in range(10)],
-        10,
-        data_dir,
-    )
-
-
-def class_incremental_svhn(*, data_dir=None, seed=0):
-    """10 tasks of one SVHN digit each."""
-    del seed
-    return _tfds_benchmark(
-        "class_incremental_svhn",
-        "svhn_cropped",
-        [[c] for c in range(10)],
-        10,
-        data_dir,
-    )
