@@ -165,9 +165,18 @@ def _to_numpy(ds, image_size=None):
                 image, image_size)), 0, 255), tf.uint8)
         return image, element["label"]
 
+    # Batches of at most about 64 MB: large images (dmlab's 360x480) in
+    # batches of LOAD_BATCH would ask for gigabytes at once.
+    shape = ds.element_spec["image"].shape
+    if image_size is not None:
+        shape = (*image_size, shape[-1])
+    if None not in shape:
+        batch = int(min(LOAD_BATCH, max(1, 2**26 // int(np.prod(shape)))))
+    else:
+        batch = 256
     xs, ys = [], []
     try:
-        for x, y in tfds.as_numpy(ds.map(pick).batch(LOAD_BATCH)):
+        for x, y in tfds.as_numpy(ds.map(pick).batch(batch)):
             xs.append(np.asarray(x, np.uint8))
             ys.append(np.asarray(y).astype(np.int32))
     except tf.errors.InvalidArgumentError as e:
