@@ -410,3 +410,116 @@ def test_batch_check_covers_the_builtin_benchmarks(mnist_data, tmp_path):
                        "set \\(11263 examples\\)"):
         train_lib.ContinualRun(config)
     assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------- knobs
+def test_steps_per_task_sets_the_training_length(small, tmp_path):
+    from cl_zoo import train_lib
+    from cl_zoo.config import ConfigError, resolve_config
+    from cl_zoo.methods import get_method
+
+    bm = scenarios.class_split(small, classes_per_task=5)
+    config = resolve_config(get_method("sgd"), "class_split", {
+        "steps_per_task": 7, "batch_size": 16, "hidden_units": (8,),
+        "model_dir": str(tmp_path / "run"), "export": False, "verbose": 0})
+    assert config.epochs == 1  # one pass of 7 batches per task
+    run = train_lib.ContinualRun(config, benchmark=bm)
+    results = run.run()
+    assert int(run.model.optimizer.iterations.numpy()) == 2 * 7
+    assert results["data"]["scenario"] == "class_split"
+    with pytest.raises(ConfigError, match="give one"):
+        resolve_config(get_method("sgd"), "class_split",
+                       {"steps_per_task": 7, "epochs": 2})
+    # Unset, the length is --epochs (the default changes nothing).
+    default = resolve_config(get_method("sgd"), "split_mnist", {})
+    assert default.steps_per_task is None and default.epochs == 5
+
+
+def test_knobs_are_in_help_with_their_defaults():
+    from flags import common
+
+    text = common.short_help("Trains.")
+    for flag in ("--normalize", "--initializer", "--steps_per_task",
+                 "--class_order", "--dataset", "--task_classes",
+                 "--classes_per_task", "--max_angle", "--resnet_width",
+                 "--image_size", "--test_split"):
+        assert flag in text, flag
+    from cl_zoo.config import resolve_config
+    from cl_zoo.methods import get_method
+
+    config = resolve_config(get_method("ewc"), "split_mnist", {})
+    assert (config.normalize, config.initializer, config.class_order) == (
+        "none", "glorot_uniform", None)
+
+
+def test_benchmark_settings_are_refused_where_not_read():
+    from cl_zoo.config import ConfigError, resolve_config
+    from cl_zoo.methods import get_method
+
+    with pytest.raises(ConfigError, match="--dataset is not read by "
+                       "--benchmark=split_mnist; it is a setting of "
+                       "--benchmark=class_split/permuted/rotated"):
+        resolve_config(get_method("sgd"), "split_mnist",
+                       {"dataset": "npz:x.npz"})
+    with pytest.raises(ConfigError, match="--max_angle is not read by "
+                       "--benchmark=permuted"):
+        resolve_config(get_method("sgd"), "permuted", {"max_angle": 30.0})
+    with pytest.raises(ConfigError, match="--resnet_width is read with "
+                       "--architecture=resnet18 only"):
+        resolve_config(get_method("sgd"), "split_mnist", {"resnet_width": 8})
+    with pytest.raises(BenchmarkError, match="needs --dataset"):
+        benchmarks.get_benchmark("rotated")
+
+
+# ------------------------------------------- every family on a PNG folder
+FAMILIES = {
+    # a regularizer, BPN, AMN, episodic memory, generative replay
+    "ewc": (),
+    "bd_ewc": (),
+    "ad_ewc": (),
+    "gem": (),
+    "dgm": ("--noise_dim=32", "--replay_per_class=8"),
+}
+
+
+@pytest.fixture(scope="module")
+def family_runs(tmp_path_factory, mnist_data, run_trainer):
+    """Each family trains end to end on real MNIST PNGs in class folders
+    (200 training and 50 test digits per class)."""
+    import json
+
+    root = tmp_path_factory.mktemp("families")
+    x_train, y_train, x_test, y_test = mnist_data
+    classes = range(4)
+    spec = write_png_dir(
+        root / "digits", *_per_class(x_train, y_train, 200, classes),
+        *_per_class(x_test, y_test, 50, classes))
+
+    def run(method):
+        model_dir = root / method
+        proc = run_trainer(
+            f"--method={method}", "--benchmark=class_split",
+            f"--dataset={spec}", "--task_classes=0,1;2,3",
+            "--steps_per_task=30", "--batch_size=32", "--hidden_units=64",
+            f"--model_dir={model_dir}", *FAMILIES[method], timeout=600)
+        results = model_dir / "results.json"
+        return proc, (json.loads(results.read_text())
+                      if results.exists() else None), model_dir
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {m: pool.submit(run, m) for m in FAMILIES}
+        return {m: futures[m].result() for m in FAMILIES}
+
+
+@pytest.mark.parametrize("method", sorted(FAMILIES))
+def test_every_family_trains_on_a_png_folder(family_runs, method):
+    proc, results, model_dir = family_runs[method]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert results["data"]["source"].startswith("dir:")
+    assert results["data"]["class_names"] == ["0", "1", "2", "3"]
+    matrix = np.asarray(results["accuracy_matrix"])
+    assert matrix.shape == (2, 2)
+    # 30 steps learn 0-vs-1 (chance 0.5 within the task, less over the
+    # single head's classes seen).
+    assert matrix[0, 0] > 0.8, matrix
+    assert (model_dir / "export" / "all_tasks").is_dir()
