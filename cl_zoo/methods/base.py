@@ -5,9 +5,11 @@
 - an active task held in a `keras.Variable` (`model.task`), so that
   `model.task.assign(t)` between fits switches task without retracing; inputs
   may also carry a task id per example (`{"x": x, "task": ids}`);
-- a backbone (an MLP, or LeNet's conv/pool stack followed by dense layers)
-  whose layers are made by `make_hidden_layer`, which methods override to put
-  in their own layers (bias units, memory units...);
+- a backbone (an MLP; LeNet's conv/pool stack or GEM's reduced ResNet-18
+  followed by dense layers) whose dense layers are made by
+  `make_hidden_layer`, which methods override to put in their own layers
+  (bias units, memory units...); an optional input normalization inside
+  the model, and an initialization scheme for the backbone's weights;
 - a head over all classes (`head="single"`), one per task (`"multi"`), or
   one as wide as the widest task shared by all tasks (`"shared"`);
 - begin-task / end-task hooks (`begin_task`, `end_task`) for what a method
@@ -25,15 +27,25 @@ Users call `model.fit` task after task:
 
 from __future__ import annotations
 
+import random
+
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
 from cl_zoo.layers.heads import HEAD_MODES, TaskHead
+from cl_zoo.layers.initialization import (
+    DEFAULT_INITIALIZER,
+    check_initializer,
+    reinitialize,
+)
+from cl_zoo.layers.resnet import resnet18_layers
 from cl_zoo.replicas import num_replicas, replica_share
 from cl_zoo.rules import FreezeRule, apply_rules
+from cl_zoo.settings import ConfigError
 
-ARCHITECTURES = ("mlp", "lenet")
+ARCHITECTURES = ("mlp", "lenet", "resnet18")
 
 
 def check_choice(name, value, allowed):
@@ -52,6 +64,31 @@ def _positive_int(name, value):
             f"Expected a positive integer for `{name}`. "
             f"Received: {name}={value!r}"
         )
+
+
+def check_normalization(normalization, example_shape):
+    """`None`, or `(mean, std)` as two lists of floats of one length: one
+    value per channel for images `(H, W, C)`, or a single value."""
+    if normalization is None:
+        return None
+    try:
+        mean, std = normalization
+        mean = [float(v) for v in np.ravel(mean)]
+        std = [float(v) for v in np.ravel(std)]
+    except (TypeError, ValueError):
+        mean = std = None
+    channels = {1}
+    if len(example_shape) == 3:
+        channels.add(int(example_shape[-1]))
+    if (mean is None or len(mean) != len(std) or len(mean) not in channels
+            or not all(np.isfinite(mean + std)) or min(std) <= 0):
+        raise ValueError(
+            "Expected `normalization` as (mean, std): lists of "
+            f"{' or '.join(map(str, sorted(channels)))} finite values, "
+            "std > 0. Received: "
+            f"normalization={normalization!r}"
+        )
+    return [mean, std]
 
 
 def reset_optimizer_slots(optimizer):
@@ -123,10 +160,23 @@ class ContinualModel(keras.Model):
             `task_classes[t]`) or `"shared"` (one head of the widest task's
             width shared by all tasks; labels index `task_classes[t]`).
         hidden_units: widths of the dense hidden layers.
-        architecture: `"mlp"`, or `"lenet"` (two conv/pool blocks before the
+            May be empty: the head then reads the backbone's features.
+        architecture: `"mlp"`, `"lenet"` (two conv/pool blocks before the
+            dense layers) or `"resnet18"` (GEM's reduced ResNet-18, see
+            `cl_zoo.layers.resnet`, its globally pooled features before the
             dense layers).
         activation: activation of the hidden layers.
         dropout: dropout rate after every hidden layer while training.
+        resnet_width: channels of the first stage of `"resnet18"` (GEM's
+            `nf`, 20).
+        initializer: scheme of the backbone's kernels and biases (hidden
+            layers, convolutions, head): `"glorot_uniform"` (the layers'
+            own), `"he_uniform"` or `"torch_default"`; see
+            `cl_zoo.layers.initialization`. Applied by `build_for_inputs`.
+        normalization: `None`, or `(mean, std)` per channel (images) or
+            single values: inputs become `(x - mean) / std` first thing in
+            `features`, so that the model (and its exports) still take
+            float32 pixels in [0, 1].
         consolidation: optional `Consolidation` whose penalty is added to the
             loss during training. Not serialized: it is training state.
 
@@ -172,6 +222,16 @@ class ContinualModel(keras.Model):
         del values
 
     @classmethod
+    def check_hidden_layers(cls, values, what):
+        """Refuses an empty `hidden_units` for a method whose per-task
+        units (`what`) live in the dense hidden layers."""
+        if not values["hidden_units"]:
+            raise ConfigError(
+                f"--method={values['method']} needs at least one hidden "
+                f"layer (--hidden_units): its {what} live there."
+            )
+
+    @classmethod
     def fast_config(cls, benchmark):
         """`--fast`: settings of a quick run (empty: the method has none)."""
         del benchmark
@@ -192,6 +252,12 @@ class ContinualModel(keras.Model):
             activation=config.activation,
             dropout=config.dropout,
             consolidation=make_consolidation(config.consolidation, config),
+            resnet_width=config.resnet_width,
+            initializer=config.initializer,
+            normalization=(
+                benchmark.channel_stats()
+                if config.normalize == "standard" else None
+            ),
             name=cls.method_name,
             **cls.init_args_from_config(config),
         )
@@ -213,6 +279,9 @@ class ContinualModel(keras.Model):
         activation="relu",
         dropout=0.0,
         consolidation=None,
+        resnet_width=20,
+        initializer=DEFAULT_INITIALIZER,
+        normalization=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -240,12 +309,23 @@ class ContinualModel(keras.Model):
         hidden_units = tuple(int(u) for u in hidden_units)
         for units in hidden_units:
             _positive_int("hidden_units", units)
+        _positive_int("resnet_width", resnet_width)
+        if architecture == "resnet18" and len(input_shape) != 3:
+            raise ValueError(
+                "architecture='resnet18' needs image inputs (H, W, C). "
+                f"Received: input_shape={tuple(input_shape)}"
+            )
         self.num_classes = int(num_classes)
         self.head_mode = head
         self.hidden_units = hidden_units
         self.architecture = architecture
         self.activation = activation
         self.dropout_rate = float(dropout)
+        self.resnet_width = int(resnet_width)
+        self.initializer = check_initializer(initializer)
+        self.normalization = check_normalization(
+            normalization, self.example_shape
+        )
         self.consolidation = consolidation
         # Rules that update some variables in place of the main optimizer
         # (eps * sign for BPN / AMN); see `cl_zoo.rules`.
@@ -290,9 +370,12 @@ class ContinualModel(keras.Model):
         return "single" if self.head_mode == "single" else "multi"
 
     def make_feature_layers(self):
-        """Layers before the dense stack (LeNet's conv/pool blocks)."""
+        """Layers before the dense stack (LeNet's conv/pool blocks, the
+        ResNet-18 trunk)."""
         if self.architecture == "mlp":
             return [keras.layers.Flatten(name="flatten")]
+        if self.architecture == "resnet18":
+            return resnet18_layers(self.resnet_width)
         return [
             keras.layers.Conv2D(20, 5, activation="relu", name="conv1"),
             keras.layers.MaxPooling2D(2, name="pool1"),
@@ -406,8 +489,9 @@ class ContinualModel(keras.Model):
         return self.head(self.features(x, task_ids, training), task_ids)
 
     def features(self, x, task_ids, training=False):
-        """The input of the head: the backbone's last hidden activations."""
-        h = x
+        """The input of the head: the backbone's last hidden activations
+        (of the normalized inputs, with `normalization`)."""
+        h = self.normalize(x)
         for layer in self.feature_layers:
             h = layer(h, training=training)
         for layer in self.hidden_layers:
@@ -419,9 +503,46 @@ class ContinualModel(keras.Model):
                 h = self.dropout(h, training=training)
         return h
 
+    def normalize(self, x):
+        """`(x - mean) / std` with `normalization`, else `x` itself."""
+        if self.normalization is None:
+            return x
+        mean, std = (np.asarray(v, "float32") for v in self.normalization)
+        if len(self.example_shape) != 3:
+            mean, std = mean[0], std[0]
+        return (x - mean) / std
+
     def build_for_inputs(self):
-        """Creates every weight with a dummy batch of the expected shape."""
+        """Creates every weight with a dummy batch of the expected shape.
+
+        A model built here for the first time then gets its `initializer`
+        (`initialize_weights`); a built one (loaded, trained) is left as
+        it is.
+        """
+        fresh = not self.built
         self(ops.zeros((1, *self.example_shape)))
+        if fresh:
+            self.initialize_weights()
+
+    def backbone_layers(self):
+        """The layers whose kernels and biases `initializer` draws: the
+        feature layers, the dense hidden layers and the head."""
+        return [*self.feature_layers, *self.hidden_layers, self.head]
+
+    def initialize_weights(self, seed=None):
+        """Redraws `backbone_layers()` with `initializer` (nothing for
+        `"glorot_uniform"`, the layers' own initialization).
+
+        Args:
+            seed: seed of the draws; by default one number from Python's
+                `random` (seeded by `keras.utils.set_random_seed`), drawn
+                only for the schemes that redraw.
+        """
+        if self.initializer == DEFAULT_INITIALIZER:
+            return
+        if seed is None:
+            seed = random.randint(1, 2**31 - 1)
+        reinitialize(self.backbone_layers(), self.initializer, seed)
 
     # ------------------------------------------------------------------
     # Training.
@@ -694,5 +815,8 @@ class ContinualModel(keras.Model):
             "architecture": self.architecture,
             "activation": self.activation,
             "dropout": self.dropout_rate,
+            "resnet_width": self.resnet_width,
+            "initializer": self.initializer,
+            "normalization": self.normalization,
         }
 

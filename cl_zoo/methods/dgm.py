@@ -19,6 +19,15 @@ remembers every class seen so far.
   for every task; so do we.
 - Both optimizers (Adam, beta_1 0.5) and the alternating critic and generator
   steps live in `train_step`, so `model.fit` trains the GAN.
+- The run's network settings act on the discriminator: `--hidden_units`
+  (may be empty: the heads then read the conv features), `--initializer`
+  (its convolutions, dense layers, class head and critic, at the start and
+  at every re-draw; the generator keeps its own initialization) and
+  `--normalize` (inside `features`, so real, generated and interpolated
+  images are normalized alike, and the generator still makes [0, 1]
+  pixels). Its convolutions are DGM's whatever `--architecture` says
+  (`mlp` or `lenet`); `resnet18` is refused (batch normalization has no
+  place in a WGAN-GP critic, whose penalty is per example).
 
 Distribution: every loss is a per-replica mean divided by the replica count
 (the optimizers sum over replicas), the gradient gates are linear (they may
@@ -40,6 +49,7 @@ from absl import logging
 from keras import ops
 
 from cl_zoo.augment import jitter
+from cl_zoo.layers.initialization import DEFAULT_INITIALIZER
 from cl_zoo.layers.masked import MaskedConv2DTranspose
 from cl_zoo.methods.base import ContinualModel, reset_optimizer_slots
 from cl_zoo.methods.registry import register
@@ -327,6 +337,12 @@ class DGM(ContinualModel):
                 f"--head={values['head']} is not allowed with --method=dgm: "
                 "DGM is class-incremental, with one head over all classes."
             )
+        if values["architecture"] == "resnet18":
+            raise ConfigError(
+                "--architecture=resnet18 is not allowed with --method=dgm: "
+                "its discriminator is DGM's own conv stack (a WGAN-GP critic "
+                "takes no batch normalization); use mlp or lenet."
+            )
 
     @classmethod
     def default_config(cls, benchmark):
@@ -395,6 +411,13 @@ class DGM(ContinualModel):
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        if self.architecture == "resnet18":
+            raise ValueError(
+                "DGM's discriminator is its own conv stack: "
+                "architecture='resnet18' does not apply (a WGAN-GP critic "
+                "takes no batch normalization). Received: "
+                f"architecture={self.architecture!r}"
+            )
         if self.head_mode != "single":
             raise ValueError(
                 "DGM is class-incremental: it needs one head over all "
@@ -492,7 +515,8 @@ class DGM(ContinualModel):
     # ------------------------------------------------------------------
     # Construction.
     def make_feature_layers(self):
-        """The discriminator's convolutions (DCGAN, leaky ReLU)."""
+        """The discriminator's convolutions (DCGAN, leaky ReLU), whatever
+        the architecture (`"mlp"` and `"lenet"` both give these)."""
         return [
             keras.layers.Conv2D(64, 4, strides=2, padding="same",
                                 activation="leaky_relu", name="conv1"),
@@ -518,6 +542,11 @@ class DGM(ContinualModel):
         self.generator_optimizer = self.optimizer.__class__.from_config(
             self.optimizer.get_config()
         )
+
+    def backbone_layers(self):
+        """The discriminator: its body, the class head and the critic
+        (`initializer` draws these; the generator keeps its own)."""
+        return [*super().backbone_layers(), self.critic]
 
     def discriminator_variables(self):
         layers = [*self.feature_layers, *self.hidden_layers, self.head,
@@ -759,7 +788,11 @@ class DGM(ContinualModel):
         self.reg_weight.assign(size / max(free, 1))
 
     def _redraw_discriminator(self, task):
-        """Fresh Glorot kernels and zero biases for the discriminator."""
+        """Fresh Glorot kernels and zero biases for the discriminator (or
+        a fresh draw of the `initializer` scheme)."""
+        if self.initializer != DEFAULT_INITIALIZER:
+            self.initialize_weights(seed=self.seed * 7919 + task * 131)
+            return
         for i, var in enumerate(self.discriminator_variables()):
             if len(var.shape) == 1:
                 var.assign(ops.zeros(var.shape))
