@@ -100,6 +100,11 @@ class AMN(ContinualModel):
         self.gradient_rules = [self.sign_rule]
 
     @classmethod
+    def check_config(cls, values):
+        super().check_config(values)
+        cls.check_hidden_layers(values, "memory units")
+
+    @classmethod
     def init_args_from_config(cls, config):
         return {
             "memory_units": config.memory_units,

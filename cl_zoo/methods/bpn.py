@@ -93,6 +93,11 @@ class BPN(ContinualModel):
         self.gradient_rules = [self.sign_rule]
 
     @classmethod
+    def check_config(cls, values):
+        super().check_config(values)
+        cls.check_hidden_layers(values, "bias units")
+
+    @classmethod
     def init_args_from_config(cls, config):
         return {
             "bias_hidden": config.bias_hidden,

@@ -24,6 +24,11 @@ class PSP(ContinualModel):
             defaults["lr"] = 1e-4
         return defaults
 
+    @classmethod
+    def check_config(cls, values):
+        super().check_config(values)
+        cls.check_hidden_layers(values, "keys")
+
     def __init__(self, *args, key_seed=0, **kwargs):
         self.key_seed = int(key_seed)
         super().__init__(*args, **kwargs)
