@@ -21,6 +21,7 @@ import json
 from collections.abc import Mapping
 
 from cl_zoo.benchmarks import (
+    BENCHMARKS,
     all_benchmark_settings,
     benchmark_settings,
     readers_of,
@@ -242,7 +243,8 @@ def applicable_settings(method_cls, consolidation, benchmark=None):
     cls = get_consolidation(consolidation)
     if cls is not None:
         groups.append(cls.SETTINGS)
-    if benchmark is not None:
+    if benchmark in BENCHMARKS:
+        # A benchmark made in Python (a `Benchmark` of your own) reads none.
         groups.append(benchmark_settings(benchmark))
     return merge(groups)
 

@@ -523,3 +523,33 @@ def test_every_family_trains_on_a_png_folder(family_runs, method):
     # single head's classes seen).
     assert matrix[0, 0] > 0.8, matrix
     assert (model_dir / "export" / "all_tasks").is_dir()
+
+
+def test_resnet18_trains_on_mock_cifar_under_mirrored(
+        mirrored_strategy, monkeypatch, tmp_path):
+    """The reduced ResNet-18 on a class split of CIFAR-shaped (mock) data,
+    two CPU replicas, through the run loop; the exports take 32x32x3."""
+    from cl_zoo import train_lib
+    from cl_zoo.config import resolve_config
+    from cl_zoo.methods import get_method
+
+    monkeypatch.setattr(tfds_sets, "_network_reachable", lambda name: True)
+    with tfds.testing.mock_data(
+            num_examples=64, policy=tfds.testing.MockPolicy.USE_CODE):
+        bm = benchmarks.get_benchmark("class_split", dataset="tfds:cifar10",
+                                      data_dir=str(tmp_path / "tfds"),
+                                      classes_per_task=5)
+    config = resolve_config(get_method("ewc"), "class_split", {
+        "architecture": "resnet18", "resnet_width": 8, "hidden_units": (),
+        "steps_per_task": 2, "batch_size": 8, "strategy": "mirrored",
+        "num_cpu_devices": 2, "normalize": "standard",
+        "initializer": "torch_default", "fisher_samples": 16,
+        "model_dir": str(tmp_path / "run"), "verbose": 0})
+    results = train_lib.ContinualRun(config, benchmark=bm,
+                                     strategy=mirrored_strategy).run()
+    assert np.asarray(results["accuracy_matrix"]).shape == (2, 2)
+    assert results["data"]["input_shape"] == [32, 32, 3]
+    served = tf.saved_model.load(str(tmp_path / "run" / "export" / "task_0"))
+    x, _ = bm.test_arrays(0)
+    scores = served.signatures["serving_default"](x=tf.constant(x[:3]))
+    assert next(iter(scores.values())).shape[0] == 3

@@ -184,8 +184,9 @@ def test_method_help_shows_the_defaults_it_will_use(trainer_runs):
 
 
 def test_every_declared_setting_is_refused_where_it_is_not_read():
-    """Each setting of a method or consolidation ends with ConfigError
-    for some method whose run does not read it."""
+    """Each setting of a method, consolidation or benchmark ends with
+    ConfigError for some method or benchmark that does not read it."""
+    from cl_zoo.benchmarks import BENCHMARKS, all_benchmark_settings, readers_of
     from cl_zoo.config import (
         RUN_SETTING_NAMES,
         ConfigError,
@@ -197,6 +198,14 @@ def test_every_declared_setting_is_refused_where_it_is_not_read():
 
     for name, setting in all_settings().items():
         if name in RUN_SETTING_NAMES:
+            continue
+        if name in all_benchmark_settings():
+            benchmark = next(b for b in BENCHMARKS
+                             if b not in readers_of(name))
+            with pytest.raises(ConfigError, match=f"--{name} is not read by "
+                               f"--benchmark={benchmark}"):
+                resolve_config(get_method("sgd"), benchmark,
+                               {name: setting.default or "x"})
             continue
         method = next(
             m for m in method_names()

@@ -18,8 +18,6 @@ import importlib
 import numbers
 from typing import NamedTuple
 
-from cl_zoo.settings import Setting
-
 from cl_zoo.benchmarks.base import (
     HEADS,
     Benchmark,
@@ -27,7 +25,7 @@ from cl_zoo.benchmarks.base import (
     DataUnavailableError,
     TaskIndexError,
 )
-
+from cl_zoo.settings import Setting
 
 # Settings that benchmarks read (declared here, owned by the benchmarks
 # that list them in `_SPECS`; the others refuse them).
