@@ -358,6 +358,15 @@ def resolve_config(method_cls, benchmark: str, overrides: dict, *,
             "penalty."
         )
     applicable = applicable_settings(method_cls, consolidation, benchmark)
+    architecture = layered.get("architecture", "mlp")
+    if architecture != "resnet18":
+        # Read by the ResNet-18 backbone only: absent from other runs.
+        del applicable["resnet_width"]
+        if "resnet_width" in given:
+            raise ConfigError(
+                f"--resnet_width is read with --architecture=resnet18 only "
+                f"(this run: --architecture={architecture})."
+            )
     known = all_settings()
     for key in sorted(given):
         if key not in known:
@@ -374,12 +383,6 @@ def resolve_config(method_cls, benchmark: str, overrides: dict, *,
                 "give one."
             )
         layered["epochs"] = 1  # one pass of steps_per_task batches
-    architecture = layered.get("architecture", "mlp")
-    if "resnet_width" in given and architecture != "resnet18":
-        raise ConfigError(
-            f"--resnet_width is read with --architecture=resnet18 only (this "
-            f"run: --architecture={architecture})."
-        )
     optimizer = layered.get("optimizer", run_settings()["optimizer"].default)
     if "adam_beta1" in given and optimizer != "adam":
         raise ConfigError(

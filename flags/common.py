@@ -157,7 +157,7 @@ def method_help(method, benchmark=None):
             f"{', '.join(BENCHMARKS)}."
         )
     config = resolve_config(cls, shown, {})
-    settings = applicable_settings(cls, config.consolidation)
+    settings = applicable_settings(cls, config.consolidation, shown)
     doc = (cls.__doc__ or "").strip().splitlines()
     lines = [
         f"--method={method}: {doc[0] if doc else ''}",
@@ -190,7 +190,8 @@ def method_help(method, benchmark=None):
 
     block(f"Settings of --benchmark={shown}:",
           [s.name for s in benchmark_settings(shown)])
-    block("Run settings:", [n for n in RUN_SETTING_NAMES if n != "model_dir"])
+    block("Run settings:", [n for n in RUN_SETTING_NAMES
+                            if n != "model_dir" and n in config])
     lines.append("")
     lines.append("Required: --method, --benchmark, --model_dir. "
                  "All flags of every method: --helpfull.")

@@ -252,13 +252,14 @@ class ContinualModel(keras.Model):
             activation=config.activation,
             dropout=config.dropout,
             consolidation=make_consolidation(config.consolidation, config),
-            resnet_width=config.resnet_width,
             initializer=config.initializer,
             normalization=(
                 benchmark.channel_stats()
                 if config.normalize == "standard" else None
             ),
             name=cls.method_name,
+            # A resnet18 run's width (other runs' configs do not hold it).
+            **{k: config[k] for k in ("resnet_width",) if k in config},
             **cls.init_args_from_config(config),
         )
 
