@@ -142,6 +142,12 @@ def tiny_benchmark():
     return make_tiny_benchmark()
 
 
+@pytest.fixture(name="make_tiny_benchmark")
+def make_tiny_benchmark_fixture():
+    """`make_tiny_benchmark`, for tests that need other shapes or sizes."""
+    return make_tiny_benchmark
+
+
 @pytest.fixture(scope="session")
 def mirrored_strategy():
     """One MirroredStrategy over the two logical CPUs for the whole session.

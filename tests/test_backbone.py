@@ -10,7 +10,6 @@ import tensorflow as tf
 
 from cl_zoo import config as run_config
 from cl_zoo import export
-from cl_zoo.benchmarks.base import Benchmark
 from cl_zoo.config import ConfigError, resolve_config
 from cl_zoo.layers import (
     BasicBlock,
@@ -43,28 +42,6 @@ GEM_RESNET18_PARAMS = 1_094_750
 # The benchmark whose run settings the models of these tests take (they
 # train on tiny data of their own).
 CONFIG_BENCHMARK = {"dgm": "class_incremental_mnist"}
-
-
-def make_tiny_benchmark(shape, per_class, num_tasks=3, seed=0):
-    """Random uint8 images, two classes per task, each class brighter in
-    its own block of pixels."""
-    rng = np.random.default_rng(seed)
-    classes = 2 * num_tasks
-    size = math.prod(shape)
-
-    def pool(n):
-        y = np.repeat(np.arange(classes), n)
-        x = rng.integers(0, 60, size=(len(y), size))
-        block = size // classes
-        for c in range(classes):
-            x[y == c, c * block:(c + 1) * block] += 180
-        return x.clip(0, 255).astype(np.uint8).reshape(-1, *shape), y
-
-    return Benchmark(
-        "tiny", train=pool(per_class), test=pool(per_class),
-        task_classes=[[2 * t, 2 * t + 1] for t in range(num_tasks)],
-        num_classes=classes,
-    )
 
 
 def _model(input_shape=(8, 8, 3), seed=0, **kwargs):
@@ -198,10 +175,10 @@ def test_resnet18_one_step_under_mirrored_strategy(mirrored_strategy):
 
 
 def test_resnet18_torch_default_normalized_round_trips(
-        tmp_path, assert_round_trips):
+        tmp_path, assert_round_trips, make_tiny_benchmark):
     """A `.keras` file keeps the ResNet's weights and batch statistics,
     the initializer and the normalization."""
-    benchmark = make_tiny_benchmark(shape=(8, 8, 3), per_class=8)
+    benchmark = make_tiny_benchmark(shape=(8, 8, 3), per_class=16)
     model = _build_method(
         "finetune", benchmark, architecture="resnet18", resnet_width=4,
         hidden_units=(), initializer="torch_default", normalize="standard",
@@ -238,10 +215,10 @@ def _compile(model):
 
 @pytest.mark.heavy
 @pytest.mark.parametrize("name", ["bd_ewc", "lwf", "gem"])
-def test_methods_train_two_tasks_on_resnet18(name):
+def test_methods_train_two_tasks_on_resnet18(name, make_tiny_benchmark):
     """Per-task units over the ResNet's features, the Fisher's per-example
     gradients through it, LwF's old network, GEM's memory gradients."""
-    benchmark = make_tiny_benchmark(shape=(8, 8, 3), per_class=8)
+    benchmark = make_tiny_benchmark(shape=(8, 8, 3), per_class=16)
     model = _build_method(
         name, benchmark, architecture="resnet18", resnet_width=2,
         hidden_units=(8,), initializer="torch_default", normalize="standard",
@@ -257,10 +234,11 @@ def test_methods_train_two_tasks_on_resnet18(name):
 
 
 @pytest.mark.heavy
-def test_normalized_resnet18_export_takes_pixels(tmp_path):
+def test_normalized_resnet18_export_takes_pixels(tmp_path,
+                                                  make_tiny_benchmark):
     """The SavedModel of a task normalizes inside: it takes [0, 1] pixels
     and answers what the model does."""
-    benchmark = make_tiny_benchmark(shape=(8, 8, 3), per_class=8)
+    benchmark = make_tiny_benchmark(shape=(8, 8, 3), per_class=16)
     model = _build_method("finetune", benchmark, architecture="resnet18",
                           resnet_width=2, hidden_units=(),
                           normalize="standard")
@@ -294,10 +272,11 @@ def test_initializer_names_match_the_run_setting():
     ("stl", {}),
     ("psp", {}),
 ])
-def test_default_initializer_is_the_layers_own(name, overrides):
+def test_default_initializer_is_the_layers_own(name, overrides,
+                                                make_tiny_benchmark):
     """At the default, a model is the one built without any of the new
     arguments, bit for bit (same seed, same draws)."""
-    benchmark = make_tiny_benchmark(shape=(16, 16, 1), per_class=4)
+    benchmark = make_tiny_benchmark(shape=(16, 16, 1), per_class=8)
     cls = get_method(name)
     values = {"hidden_units": (16, 8), **overrides}
     config = resolve_config(cls, "split_mnist", values, skip_unread=True)
@@ -352,12 +331,12 @@ def _kernel_layers(model):
     ("stl", {"hidden_units": (16,)}),
     ("psp", {"hidden_units": (16,)}),
 ])
-def test_torch_default_bounds(name, overrides):
+def test_torch_default_bounds(name, overrides, make_tiny_benchmark):
     """Kernels and biases uniform in +-1/sqrt(fan_in), fan_in per task and
     (convolutions) kh * kw * in_channels; batch norm at 1 and 0; the
     methods' own units as the default model draws them."""
     shape = (16, 16, 3) if "resnet18" in overrides.values() else (16, 16, 1)
-    benchmark = make_tiny_benchmark(shape=shape, per_class=4)
+    benchmark = make_tiny_benchmark(shape=shape, per_class=8)
     model = _build_method(name, benchmark, initializer="torch_default",
                           **overrides)
     glorot = _build_method(name, benchmark, **overrides)

