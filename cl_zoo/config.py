@@ -401,18 +401,15 @@ def resolve_config(method_cls, benchmark: str, overrides: dict, *,
 
 def _check_run(values):
     """Checks across the generic settings."""
-    if values["strategy"] == "multi_worker_mirrored":
-        # A contract name, refused before anything runs (README,
-        # "Distributed training").
+    if (values["strategy"] == "multi_worker_mirrored"
+            and values["num_cpu_devices"] > 1):
         raise ConfigError(
-            "--strategy=multi_worker_mirrored is not supported: model.fit "
-            "fails under MultiWorkerMirroredStrategy in Keras 3.15 "
-            "(keras-team/keras#20585); use --strategy=mirrored (every GPU "
-            "of one machine, or --num_cpu_devices=N CPU replicas)."
+            "--num_cpu_devices is read with --strategy=mirrored only: a "
+            "multi-worker run has one CPU replica per worker (or one per GPU)."
         )
     if values["strategy"] == "default" and values["num_cpu_devices"] > 1:
         raise ConfigError(
-            "--num_cpu_devices > 1 needs --strategy=mirrored (or "
-            "multi_worker_mirrored) to use the extra devices."
+            "--num_cpu_devices > 1 needs --strategy=mirrored to use the extra "
+            "devices."
         )
 

@@ -28,7 +28,7 @@ from absl import logging
 from cl_zoo import benchmarks as benchmarks_lib
 from cl_zoo import export as export_lib
 from cl_zoo import metrics as metrics_lib
-from cl_zoo import plots
+from cl_zoo import multi_worker, plots
 from cl_zoo.config import ConfigError, RunConfig
 from cl_zoo.losses import make_loss
 from cl_zoo.methods import get_method
@@ -236,10 +236,21 @@ def make_strategy(config: RunConfig):
         return tf.distribute.MirroredStrategy(
             [d.name for d in cpus[: config.num_cpu_devices]]
         )
-    raise ConfigError(
-        "--strategy=multi_worker_mirrored does not work with model.fit in "
-        "Keras 3.15 (keras-team/keras#20585); use --strategy=mirrored."
-    )
+    return multi_worker.make_strategy()
+
+
+def worker_progress(config: RunConfig):
+    """What a worker other than the chief resumes from: the chief's
+    progress, read only (None with --overwrite: the chief starts afresh)."""
+    if config.overwrite:
+        return None
+    progress = read_progress(config.model_dir)
+    if progress is not None and progress.get("status") == "finished":
+        raise RunStateError(
+            f"{config.model_dir} holds a finished run; pass --overwrite to "
+            "replace it or pick another --model_dir."
+        )
+    return progress
 
 
 def split_cpu(num_devices):
@@ -322,9 +333,13 @@ class RunCheckpoint:
     atomically), so a run killed mid-write resumes from the previous one.
     """
 
-    def __init__(self, model, model_dir):
+    def __init__(self, model, model_dir, restore_dir=None):
         self.model = model
         self.root = os.path.join(model_dir, "checkpoints")
+        # Where `restore` reads: the chief's directory, for the other
+        # workers of a multi-worker run.
+        self.restore_root = os.path.join(restore_dir or model_dir,
+                                         "checkpoints")
         # Explicit lists, in a fixed order: tf.train.Checkpoint(model=model)
         # does not reach Keras layers held in Python lists.
         consolidation = model.consolidation
@@ -353,7 +368,7 @@ class RunCheckpoint:
         return name
 
     def restore(self, name):
-        path = os.path.join(self.root, name, "ckpt")
+        path = os.path.join(self.restore_root, name, "ckpt")
         try:
             self.checkpoint.read(path).assert_consumed()
         except (tf.errors.OpError, AssertionError, ValueError, IndexError,
@@ -391,7 +406,9 @@ class _LearningRateDecay(keras.callbacks.Callback):
         # In the epoch's logs (TensorBoard's epoch_learning_rate), as
         # Keras's scheduler does.
         if logs is not None:
-            logs["learning_rate"] = float(self.model.optimizer.learning_rate)
+            # The rate this callback set (reading the optimizer's variable
+            # back is a MirroredVariable under multi_worker_mirrored).
+            logs["learning_rate"] = float(self.base * self.decay**epoch)
 
 
 class StopRequest:
@@ -477,9 +494,23 @@ class ContinualRun:
         # The data first: bad data must leave --model_dir untouched.
         self.benchmark = benchmark or benchmarks_lib.run_benchmark(config)
         check_data(config, self.benchmark)
-        self.lock = RunLock(config.model_dir)
-        self.progress = prepare_model_dir(config, self.lock)
         self.strategy = strategy or make_strategy(config)
+        # Under multi_worker_mirrored only worker 0 (the chief) writes
+        # --model_dir; the others take part in every collective and keep
+        # their files in a scratch directory removed at the end.
+        self.chief = multi_worker.is_chief(self.strategy)
+        self._scratch = None
+        restore_dir = config.model_dir
+        if self.chief:
+            self.lock = RunLock(config.model_dir)
+            self.progress = prepare_model_dir(config, self.lock)
+        else:
+            self.progress = worker_progress(config)
+            self._scratch = tempfile.mkdtemp(prefix="cl_zoo_worker_")
+            self.config = config = config.replace(
+                model_dir=self._scratch, verbose=0)
+            self.lock = RunLock(self._scratch)
+            self.lock.acquire()
         keras.utils.set_random_seed(config.seed)
         method_cls = get_method(config.method)
         with self.strategy.scope():
@@ -492,7 +523,10 @@ class ContinualRun:
                 metrics=[keras.metrics.SparseCategoricalAccuracy("accuracy")],
             )
             self.model.build_optimizers()
-        self.checkpoint = RunCheckpoint(self.model, config.model_dir)
+        # --steps_per_task: one "epoch" of that many batches per task.
+        self.model.steps_per_task = config.steps_per_task
+        self.checkpoint = RunCheckpoint(self.model, config.model_dir,
+                                        restore_dir=restore_dir)
         self.evaluator = Evaluator(
             self.model, self.benchmark, config.eval_batch_size,
             config.eval_examples,
@@ -554,6 +588,8 @@ class ContinualRun:
             return self._run()
         finally:
             self.lock.release()
+            if self._scratch is not None:
+                shutil.rmtree(self._scratch, ignore_errors=True)
 
     def _run(self):
         config, bm = self.config, self.benchmark
@@ -594,10 +630,13 @@ class ContinualRun:
         dataset = model.train_dataset(
             task, self.benchmark, config.batch_size, seed=config.seed + task
         )
-        if config.steps_per_task:
-            # One "epoch" of exactly steps_per_task batches, the task's data
-            # reshuffled at every pass.
-            dataset = dataset.repeat().take(config.steps_per_task)
+        if multi_worker.is_multi_worker(self.strategy):
+            # Each worker takes its share of every global batch, as the
+            # replicas of one machine do (the data is in memory, not files).
+            options = tf.data.Options()
+            options.experimental_distribute.auto_shard_policy = (
+                tf.data.experimental.AutoShardPolicy.DATA)
+            dataset = dataset.with_options(options)
         for _ in range(2 * first_epoch):
             # Every new iterator reshuffles, and Keras 3.15's fit makes two
             # per epoch (one at its start, one when an epoch ends): pass the

@@ -11,13 +11,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl.testing import flagsaver
 
 from cl_zoo import export as export_lib
 from cl_zoo import train_lib
-from cl_zoo.config import ConfigError, resolve_config
+from cl_zoo.config import resolve_config
 from cl_zoo.methods import get_method, method_names
-from trainers import train
 
 # gem and dgm have their own replica tests (test_gem.py, test_dgm.py).
 OWN_REPLICA_TESTS = ("gem", "dgm")
@@ -304,23 +302,6 @@ def test_model_rejects_task_ids_out_of_range(model, task):
     with pytest.raises(tf.errors.InvalidArgumentError,
                        match="task id out of range"):
         model.predict(x, verbose=0)
-
-
-# Inconsistent flags ----------------------------------------------------------
-def test_multi_worker_is_refused_before_anything_runs(capsys):
-    with pytest.raises(ConfigError, match="keras-team/keras#20585"):
-        resolve_config(get_method("sgd"), "split_mnist",
-                       {"strategy": "multi_worker_mirrored"})
-    with flagsaver.flagsaver(method="sgd", benchmark="split_mnist",
-                             model_dir="/tmp/unused",
-                             strategy="multi_worker_mirrored"):
-        with pytest.raises(SystemExit) as exit_info:
-            train.build_config()
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    assert "multi_worker_mirrored is not supported" in err
-    assert "--strategy=mirrored" in err
 
 
 # Broken run state ------------------------------------------------------------

@@ -104,7 +104,7 @@ def parse_sweep(text):
     key, sep, values = (text or "").partition("=")
     settings = all_settings()
     if key not in settings or settings[key].is_list or key in (
-            "model_dir", "overwrite", "fast"):
+            "model_dir", "overwrite", "fast", "strategy", "num_cpu_devices"):
         _fail(f"--sweep={text}: expected KEY=V1,V2,... with KEY a setting "
               "of one value (e.g. spp_lambda, epsilon, epochs, seed).")
     if not sep or not values:
@@ -168,6 +168,7 @@ def sweep_configs():
 
 
 INTERRUPTED = 130  # the shell's status for a run ended by SIGINT
+WORKER_LOST = 1  # a multi-worker run whose cluster lost a worker
 
 
 def main(argv):
@@ -214,6 +215,13 @@ def _main(argv, started):
     from cl_zoo import benchmarks
     from cl_zoo.config import ConfigError
 
+    try:
+        # Before any other TensorFlow op: a multi-worker strategy sets up
+        # the cluster's collectives at start.
+        strategy = train_lib.make_strategy(config)
+    except ConfigError as e:
+        _fail(str(e))
+
     benchmark, loaded_key = None, None
     for config in configs:
         if len(configs) > 1:
@@ -238,7 +246,8 @@ def _main(argv, started):
                 benchmark = benchmarks.run_benchmark(config)
                 loaded_key = data_key
             started.append(config.model_dir)
-            run = train_lib.ContinualRun(config, benchmark=benchmark)
+            run = train_lib.ContinualRun(config, benchmark=benchmark,
+                                         strategy=strategy)
         except (
             benchmarks.BenchmarkError, ConfigError, train_lib.RunStateError
         ) as e:
@@ -247,6 +256,17 @@ def _main(argv, started):
             run.run()
         except train_lib.RunStateError as e:
             _fail(str(e))
+        except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+                tf.errors.CancelledError, tf.errors.AbortedError) as e:
+            if config.strategy != "multi_worker_mirrored":
+                raise
+            # A worker died or cannot be reached: the collectives fail.
+            reason = " ".join(str(e).split())[:160]
+            print(f"error: a worker of the cluster stopped or cannot be "
+                  f"reached ({type(e).__name__}: {reason}); restart every "
+                  "worker with the same command to resume from the last "
+                  "finished epoch.", file=sys.stderr, flush=True)
+            sys.exit(WORKER_LOST)
         logging.info("Done: %s", config.model_dir)
 
 

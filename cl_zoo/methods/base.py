@@ -333,6 +333,9 @@ class ContinualModel(keras.Model):
         self.gradient_rules = []
         # Between-task state outside the weights (see `MethodState`).
         self.method_state = MethodState()
+        # Training length per task in batches (None: one pass of the data);
+        # a run sets it from --steps_per_task (see `limit_steps`).
+        self.steps_per_task = None
 
         self.task = keras.Variable(
             0, dtype="int32", trainable=False, name="task"
@@ -768,10 +771,19 @@ class ContinualModel(keras.Model):
             self.consolidation.end_task(self, task, benchmark)
 
     def train_dataset(self, task, benchmark, batch_size, seed=0):
-        """The data the method trains on while learning `task`."""
-        return benchmark.train_dataset(
+        """The data the method trains on while learning `task`: one pass,
+        or `steps_per_task` batches."""
+        return self.limit_steps(benchmark.train_dataset(
             task, batch_size, head=self.label_mode, seed=seed
-        )
+        ))
+
+    def limit_steps(self, dataset):
+        """`dataset` repeated and cut to `self.steps_per_task` batches (the
+        run's `--steps_per_task`), reshuffled at every pass; as is when
+        that is None. Its cardinality is then the task's step count."""
+        if not self.steps_per_task:
+            return dataset
+        return dataset.repeat().take(self.steps_per_task)
 
     def _check_task(self, task):
         if not 0 <= int(task) < self.num_tasks:

@@ -135,10 +135,10 @@ class ER(ContinualModel):
 
     def train_dataset(self, task, benchmark, batch_size, seed=0):
         """Task `task`'s batches, each followed by as many replayed ones."""
-        current = benchmark.train_dataset(
+        current = self.limit_steps(benchmark.train_dataset(
             task, batch_size, head=self.label_mode, seed=seed,
             with_task_id=True,
-        )
+        ))
         if not self.method_state.built:
             self.build_method_state()
         bx, by, bt = self.buffer()

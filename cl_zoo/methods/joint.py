@@ -18,6 +18,6 @@ class Joint(ContinualModel):
         return {"head": "single", "consolidation": "none"}
 
     def train_dataset(self, task, benchmark, batch_size, seed=0):
-        return benchmark.joint_train_dataset(
+        return self.limit_steps(benchmark.joint_train_dataset(
             list(range(task + 1)), batch_size, head=self.label_mode, seed=seed
-        )
+        ))
