@@ -92,6 +92,10 @@ BAD_CASES = {
     # A --model_dir that cannot be a directory (the fixture makes the file).
     "model_dir_is_a_file": (GOOD, ("is a file, not a directory",)),
     "model_dir_under_a_file": (GOOD, ("cannot be made", "is a file")),
+    "multi_worker_without_tf_config": (
+        GOOD + ("--strategy=multi_worker_mirrored",),
+        ("needs TF_CONFIG", "trainers.launch_local --workers=2"),
+    ),
     "memory_units_with_ewc": (
         ("--method=ewc", "--benchmark=split_mnist", "--memory_units=3"),
         ("--memory_units is not read by --method=ewc", "ad_ewc"),
