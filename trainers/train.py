@@ -2,8 +2,8 @@ r"""Trains a continual-learning method on a benchmark's task sequence.
 
     python -m trainers.train --method=ewc --benchmark=split_mnist \
         --model_dir=/tmp/ewc_split [--epochs=N] [--batch_size=N] [--lr=F] \
-        [--seed=N] [--num_tasks=N] [--strategy=default|mirrored|multi_worker_mirrored] \
-        [--num_cpu_devices=N] [method flags...]
+        [--seed=N] [--num_tasks=N] [--num_cpu_devices=N] \
+        [--strategy=default|mirrored|multi_worker_mirrored] [method flags...]
 
 A sweep runs the same command once per value of one setting, each run in
 MODEL_DIR/KEY=VALUE (finished ones are kept, unfinished ones resume):
