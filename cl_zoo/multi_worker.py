@@ -36,8 +36,13 @@ from cl_zoo.settings import ConfigError
 # with (major.minor.patch prefixes).
 VERIFIED_KERAS = ("3.15.",)
 UPSTREAM_ISSUE = "keras-team/keras#20585"
-# How long a collective waits for a worker before the run stops.
-COLLECTIVE_TIMEOUT_S = 120
+# No per-collective timeout (CommunicationOptions.timeout_seconds): TF 2.21
+# keeps a timer thread alive for the whole timeout of every collective that
+# has one; with a 120 s timeout two workers held 4,900 threads each after
+# two tasks of split MNIST, and then pthread_create failed. A dead worker is
+# found by the strategy's own health check instead (it pings every peer
+# every 30 s and aborts the collectives when one does not answer within
+# 10 s).
 
 _installed = []
 
@@ -93,12 +98,7 @@ def make_strategy():
     cluster_spec()
     check_keras_version()
     install()
-    options = tf.distribute.experimental.CommunicationOptions(
-        timeout_seconds=COLLECTIVE_TIMEOUT_S
-    )
-    return tf.distribute.MultiWorkerMirroredStrategy(
-        communication_options=options
-    )
+    return tf.distribute.MultiWorkerMirroredStrategy()
 
 
 def is_chief(strategy) -> bool:

@@ -261,11 +261,10 @@ def _main(argv, started):
             if config.strategy != "multi_worker_mirrored":
                 raise
             # A worker died or cannot be reached: the collectives fail.
-            reason = " ".join(str(e).split())[:160]
             print(f"error: a worker of the cluster stopped or cannot be "
-                  f"reached ({type(e).__name__}: {reason}); restart every "
-                  "worker with the same command to resume from the last "
-                  "finished epoch.", file=sys.stderr, flush=True)
+                  f"reached ({type(e).__name__} in a collective); restart "
+                  "every worker with the same command to resume from the "
+                  "last finished epoch.", file=sys.stderr, flush=True)
             sys.exit(WORKER_LOST)
         logging.info("Done: %s", config.model_dir)
 
