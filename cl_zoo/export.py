@@ -141,9 +141,35 @@ def export_all_tasks(model, path):
     _save_atomically(module, path, {"serving_default": serve})
 
 
-def export_all(model, export_dir):
-    """Writes `export_dir/task_<t>/` for every task and `all_tasks/`
-    (and what the method's `export_extras` adds, e.g. DGM's `generator/`).
+def export_inferred(model, inference, path):
+    """Exports the model with the task inferred from the input
+    (`cl_zoo.task_inference`): the signature takes `x` only and returns
+    `scores` over every class of the sequence and the inferred `task_id`
+    of each example."""
+    from cl_zoo import task_inference as task_inference_lib
+
+    spec = tf.TensorSpec((None, *model.example_shape), tf.float32, name="x")
+    module = _Serving(model.inference_variables())
+    module.task_statistics = [inference.means, inference.bases,
+                              inference.learned]
+    table = task_inference_lib.class_table(model)
+
+    @tf.function(input_signature=[spec])
+    def serve(x):
+        with tf.control_dependencies(_check_inputs(x, model.example_shape)):
+            task_id = inference.infer(x)
+            scores = task_inference_lib.global_scores(model, x, task_id,
+                                                      table)
+            return {"scores": scores, "task_id": task_id}
+
+    module.serve = serve
+    _save_atomically(module, path, {"serving_default": serve})
+
+
+def export_all(model, export_dir, inference=None):
+    """Writes `export_dir/task_<t>/` for every task and `all_tasks/`, with
+    a task inference also `inferred/` (and what the method's
+    `export_extras` adds, e.g. DGM's `generator/`).
 
     Each SavedModel is written to a temporary directory and renamed into
     place, so a killed export never leaves a half-written one under its
@@ -157,6 +183,9 @@ def export_all(model, export_dir):
     for task in range(model.num_tasks):
         export_task(model, task, os.path.join(export_dir, f"task_{task}"))
     export_all_tasks(model, os.path.join(export_dir, "all_tasks"))
+    if inference is not None:
+        export_inferred(model, inference, os.path.join(export_dir,
+                                                       "inferred"))
     if hasattr(model, "export_extras"):
         # More SavedModels of the method (DGM's generator), written the same
         # way.

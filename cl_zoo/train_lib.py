@@ -29,6 +29,7 @@ from cl_zoo import benchmarks as benchmarks_lib
 from cl_zoo import export as export_lib
 from cl_zoo import metrics as metrics_lib
 from cl_zoo import multi_worker, plots
+from cl_zoo import task_inference as task_inference_lib
 from cl_zoo.config import ConfigError, RunConfig
 from cl_zoo.losses import make_loss
 from cl_zoo.methods import get_method
@@ -274,6 +275,10 @@ def make_optimizer(config: RunConfig):
     return keras.optimizers.RMSprop(config.lr)
 
 
+# Training examples per task that task inference's statistics are fit on.
+INFERENCE_EXAMPLES = 10000
+
+
 # ----------------------------------------------------------------------
 # Evaluation.
 class Evaluator:
@@ -285,6 +290,7 @@ class Evaluator:
         self.batch_size = batch_size
         self.max_examples = max_examples
         self._datasets = {}
+        self._agnostic = None
 
         @tf.function(reduce_retracing=True)
         def correct(inputs, y):
@@ -323,6 +329,52 @@ class Evaluator:
             self.task_accuracy(t) for t in range(self.benchmark.num_tasks)
         ]
 
+    def task_agnostic(self, inference, learned):
+        """Accuracy of each task learned so far without its id: the task
+        is inferred among the `learned` first ones, then its mode predicts
+        a class of the whole sequence. Returns `(row, task_accuracy)`: the
+        fraction classified right for tasks 0..learned-1, and how often the
+        inferred task was the true one over their test sets."""
+        if self._agnostic is None:
+            table = task_inference_lib.class_table(self.model)
+            model = self.model
+
+            @tf.function(reduce_retracing=True)
+            def step(x, task, y, learned):
+                inferred = inference.infer(x, learned)
+                scores = task_inference_lib.global_scores(
+                    model, x, inferred, table)
+                pred = tf.argmax(scores, axis=-1, output_type=tf.int32)
+                hits = tf.reduce_sum(tf.cast(pred == y, tf.int64))
+                right = tf.reduce_sum(tf.cast(inferred == task, tf.int64))
+                return hits, right
+
+            self._agnostic = step
+        row, right, total = [], 0, 0
+        for t in range(learned):
+            hits = count = 0
+            for inputs, y in self._global_dataset(t):
+                h, r = self._agnostic(inputs["x"], inputs["task"],
+                                      tf.cast(y, tf.int32),
+                                      tf.constant(learned, tf.int32))
+                hits += int(h)
+                count += int(tf.shape(y)[0])
+                right += int(r)
+            total += count
+            row.append(hits / max(count, 1))
+        return row, right / max(total, 1)
+
+    def _global_dataset(self, task):
+        key = ("global", task)
+        if key not in self._datasets:
+            dataset = self.benchmark.test_dataset(
+                task, self.batch_size, head="single", with_task_id=True)
+            if self.max_examples:
+                dataset = dataset.unbatch().take(self.max_examples).batch(
+                    self.batch_size)
+            self._datasets[key] = dataset.cache()
+        return self._datasets[key]
+
 
 # ----------------------------------------------------------------------
 # Checkpoints.
@@ -333,7 +385,7 @@ class RunCheckpoint:
     atomically), so a run killed mid-write resumes from the previous one.
     """
 
-    def __init__(self, model, model_dir, restore_dir=None):
+    def __init__(self, model, model_dir, restore_dir=None, extra=None):
         self.model = model
         self.root = os.path.join(model_dir, "checkpoints")
         # Where `restore` reads: the chief's directory, for the other
@@ -356,8 +408,11 @@ class RunCheckpoint:
                 v for opt in model.extra_optimizers() for v in opt.variables
             ],
         }
+        if extra is not None:  # task inference's statistics
+            groups["task_inference"] = extra.variables_to_save
         self.checkpoint = tf.train.Checkpoint(
-            **{k: [v.value for v in vs] for k, vs in groups.items()}
+            **{k: [v.value if isinstance(v, keras.Variable) else v
+                   for v in vs] for k, vs in groups.items()}
         )
 
     def save(self, name):
@@ -525,8 +580,17 @@ class ContinualRun:
             self.model.build_optimizers()
         # --steps_per_task: one "epoch" of that many batches per task.
         self.model.steps_per_task = config.steps_per_task
+        # Task-conditioned models are also evaluated without task ids.
+        self.inference = (
+            task_inference_lib.SubspaceTaskInference(
+                self.benchmark.num_tasks, self.benchmark.input_shape)
+            if self.model.task_conditioned else None
+        )
+        self.agnostic = []  # rows of the task-agnostic accuracy matrix
+        self.task_right = []  # per row: how often the task was inferred
         self.checkpoint = RunCheckpoint(self.model, config.model_dir,
-                                        restore_dir=restore_dir)
+                                        restore_dir=restore_dir,
+                                        extra=self.inference)
         self.evaluator = Evaluator(
             self.model, self.benchmark, config.eval_batch_size,
             config.eval_examples,
@@ -554,6 +618,8 @@ class ContinualRun:
                 "checkpoint": name,
                 "accuracy_matrix": self.matrix,
                 "initial_accuracy": self.initial,
+                "task_agnostic_matrix": self.agnostic,
+                "task_agnostic_task_accuracy": self.task_right,
                 "train_seconds": self.train_seconds,
                 "config": self.config.to_dict(),
             },
@@ -568,6 +634,9 @@ class ContinualRun:
         try:
             self.matrix = [list(r) for r in p["accuracy_matrix"]]
             self.initial = p["initial_accuracy"]
+            self.agnostic = [list(r) for r in p.get("task_agnostic_matrix",
+                                                    [])]
+            self.task_right = list(p.get("task_agnostic_task_accuracy", []))
             self.train_seconds = float(p["train_seconds"])
             self._ckpt_counter = int(p["checkpoint"].split("-")[-1])
             task, done = int(p["task"]), int(p["epochs_done"])
@@ -665,6 +734,13 @@ class ContinualRun:
         model.end_task(task, self.benchmark)
         row = self.evaluator.all_tasks()
         self.matrix = self.matrix[:task] + [row]
+        if self.inference is not None:
+            self.inference.fit_task(task, self.benchmark.train_arrays(
+                task, limit=INFERENCE_EXAMPLES)[0])
+            agnostic, right = self.evaluator.task_agnostic(
+                self.inference, task + 1)
+            self.agnostic = self.agnostic[:task] + [agnostic]
+            self.task_right = self.task_right[:task] + [right]
         self._log_task(task, row)
         self.save_progress(task, config.epochs)
 
@@ -709,11 +785,24 @@ class ContinualRun:
                 f"mean over tasks seen {seen:.4f}",
                 flush=True,
             )
+            if self.inference is not None:
+                # The same test data with the task inferred from the input.
+                agnostic = float(np.mean(self.agnostic[task]))
+                print(f"  without task ids: mean over tasks seen "
+                      f"{agnostic:.4f}, task inferred right "
+                      f"{self.task_right[task]:.4f}", flush=True)
         with self.writer.as_default():
             step = task + 1
             for j, acc in enumerate(row):
                 tf.summary.scalar(f"test_accuracy/task_{j}", acc, step=step)
             tf.summary.scalar("test_accuracy/mean_seen", seen, step=step)
+            if self.inference is not None:
+                # Both curves: with the task oracle (above) and without.
+                tf.summary.scalar("task_agnostic/mean_seen",
+                                  float(np.mean(self.agnostic[task])),
+                                  step=step)
+                tf.summary.scalar("task_agnostic/task_accuracy",
+                                  self.task_right[task], step=step)
             self._log_importances(step)
             if hasattr(self.model, "log_task_summaries"):
                 self.model.log_task_summaries(
@@ -787,7 +876,9 @@ class ContinualRun:
             "accuracy_matrix": self.matrix,
             "initial_accuracy": self.initial,
             **summary,
-            "storage_bytes_per_task": int(model.storage_bytes_per_task()),
+            "storage_bytes_per_task": int(
+                model.storage_bytes_per_task()
+                + (self.inference.per_task_bytes() if self.inference else 0)),
             "num_params": int(
                 sum(int(np.prod(v.shape)) for v in model.inference_variables())
             ),
@@ -798,6 +889,14 @@ class ContinualRun:
                 ),
                 "head": model.head_mode,
                 "eval_examples_per_task": config.eval_examples or "all",
+                **({"task_agnostic": {
+                    "accuracy_matrix": self.agnostic,
+                    "acc": float(np.mean(self.agnostic[-1])),
+                    "task_accuracy": self.task_right[-1],
+                    "task_accuracy_per_task": self.task_right,
+                    "inference": "subspace",
+                    "bytes_per_task": self.inference.per_task_bytes(),
+                }} if self.inference is not None else {}),
                 **model.extra_results(self.matrix, self.benchmark),
             },
             "config": config.to_dict(),
@@ -821,7 +920,8 @@ class ContinualRun:
             )
         if config.export:
             export_lib.export_all(
-                model, os.path.join(config.model_dir, "export")
+                model, os.path.join(config.model_dir, "export"),
+                inference=self.inference,
             )
         write_json_atomically(
             os.path.join(config.model_dir, RESULTS_FILE), results

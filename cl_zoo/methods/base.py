@@ -365,6 +365,17 @@ class ContinualModel(keras.Model):
         return len(self.task_classes)
 
     @property
+    def task_conditioned(self):
+        """Whether the outputs depend on the task id: per-task units in the
+        hidden layers (BPN, AMN, PSP) or a head per task. Such models are
+        also evaluated and exported with the task inferred from the input
+        (`cl_zoo.task_inference`)."""
+        return self.head_mode != "single" or any(
+            getattr(layer, "task_conditioned", False)
+            for layer in self.hidden_layers
+        )
+
+    @property
     def label_mode(self):
         """The benchmark's label mode for this head (its `head=` argument).
 
