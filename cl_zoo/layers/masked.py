@@ -83,7 +83,7 @@ def _global_moments(y, axes):
     return mean, ops.maximum(squares / count - ops.square(mean), 0.0)
 
 
-def _check_positive_int(name, value):
+def check_positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(
             f"Expected a positive integer for `{name}`. "
@@ -123,10 +123,10 @@ class _MaskedLayer(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.units = _check_positive_int("units", units)
-        self.num_tasks = _check_positive_int("num_tasks", num_tasks)
+        self.units = check_positive_int("units", units)
+        self.num_tasks = check_positive_int("num_tasks", num_tasks)
         capacity = units if capacity is None else capacity
-        self.capacity = _check_positive_int("capacity", capacity)
+        self.capacity = check_positive_int("capacity", capacity)
         if self.capacity < self.units:
             raise ValueError(
                 f"Expected capacity >= units. Received: capacity={capacity}, "
@@ -460,8 +460,8 @@ class MaskedConv2DTranspose(_MaskedLayer):
     def __init__(self, units, num_tasks, kernel_size=4, strides=2,
                  padding="same", **kwargs):
         super().__init__(units, num_tasks, **kwargs)
-        self.kernel_size = _check_positive_int("kernel_size", kernel_size)
-        self.strides = _check_positive_int("strides", strides)
+        self.kernel_size = check_positive_int("kernel_size", kernel_size)
+        self.strides = check_positive_int("strides", strides)
         if padding not in ("same", "valid"):
             raise ValueError(
                 "Expected `padding` in ('same', 'valid'). "

@@ -25,6 +25,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from cl_zoo.layers.masked import check_positive_int
+
 # PyTorch's nn.BatchNorm2d defaults, in Keras's terms.
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
@@ -32,15 +34,6 @@ BN_EPSILON = 1e-5
 # nf, with these strides.
 RESNET18_BLOCKS = (2, 2, 2, 2)
 RESNET18_STAGES = ((1, 1), (2, 2), (4, 2), (8, 2))
-
-
-def _check_positive(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"Expected a positive integer for `{name}`. "
-            f"Received: {name}={value!r}"
-        )
-    return value
 
 
 @keras.saving.register_keras_serializable(package="cl_zoo")
@@ -74,9 +67,9 @@ class ConvBatchNorm(keras.layers.Layer):
     def __init__(self, filters, kernel_size=3, strides=1, relu=False,
                  kernel_initializer="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
-        self.filters = _check_positive("filters", filters)
-        self.kernel_size = _check_positive("kernel_size", kernel_size)
-        self.strides = _check_positive("strides", strides)
+        self.filters = check_positive_int("filters", filters)
+        self.kernel_size = check_positive_int("kernel_size", kernel_size)
+        self.strides = check_positive_int("strides", strides)
         self.relu = bool(relu)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.padding = (self.kernel_size - 1) // 2
@@ -166,8 +159,8 @@ class BasicBlock(keras.layers.Layer):
     def __init__(self, filters, strides=1, projection=False,
                  kernel_initializer="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
-        self.filters = _check_positive("filters", filters)
-        self.strides = _check_positive("strides", strides)
+        self.filters = check_positive_int("filters", filters)
+        self.strides = check_positive_int("strides", strides)
         self.projection = bool(projection)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         init = self.kernel_initializer
@@ -233,7 +226,7 @@ def resnet18_layers(width=20):
     Args:
         width: `nf`, the channels of the first stage.
     """
-    _check_positive("width", width)
+    check_positive_int("width", width)
     layers = [ConvBatchNorm(width, 3, 1, relu=True, name="resnet_stem")]
     channels = width
     for stage, ((multiple, stride), blocks) in enumerate(
