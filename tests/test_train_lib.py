@@ -60,8 +60,11 @@ def test_results_json_follows_the_contract(finished_run, tiny_benchmark):
     assert saved["config"]["method"] == "ewc"
     assert saved["task_classes"] == tiny_benchmark.task_classes
     assert saved["train_seconds"] > 0
-    # one head per task: each task adds its head's weights
-    assert saved["storage_bytes_per_task"] == 4 * (32 + 1) * 2
+    # one head per task: each task adds its head's weights, and task
+    # inference's statistics (the mean and 30 directions of 36 pixels)
+    inference = saved["extra"]["task_agnostic"]["bytes_per_task"]
+    assert inference == 4 * (30 + 1) * 36
+    assert saved["storage_bytes_per_task"] == 4 * (32 + 1) * 2 + inference
 
 
 def test_run_leaves_summaries_plots_and_exports(finished_run):
@@ -261,7 +264,7 @@ def test_checkpoint_restores_every_variable(tmp_path, tiny_benchmark):
                    bias_hidden=4, export=False, epochs=1),
         benchmark=tiny_benchmark,
     )
-    fresh.checkpoint.root = run.checkpoint.root
+    fresh.checkpoint.restore_root = run.checkpoint.root
     fresh.checkpoint.restore("ckpt-1")
     assert len(saved) == len(fresh.model.variables) > 10
     for a, v in zip(saved, fresh.model.variables):
