@@ -322,8 +322,8 @@ def test_run_with_sigmoid_loss_and_shared_head(tmp_path, tiny_benchmark):
     assert isinstance(run.model.loss, SparseSigmoidCrossEntropy)
     results = run.run()
     assert np.all(np.diag(results["accuracy_matrix"]) > 0.6)
-    # Memory units and weights, the shared head's nothing per task, and
-    # task inference's statistics (a mean and 30 directions of 36 pixels).
+    # The per-task memory units and their weights, plus task inference's
+    # statistics (a mean and 30 directions of 36 pixels).
     assert results["storage_bytes_per_task"] == 4 * (
         (3 + 3 * 16) + (3 + 3 * 2)
     ) + 4 * (30 + 1) * 36
