@@ -542,8 +542,9 @@ def test_kill_while_exporting_leaves_no_half_export(tmp_path,
     os.makedirs(os.path.join(export_dir, ".tmp-export-killed"))
     monkeypatch.setattr(export_lib.tf.saved_model, "save", real_save)
     train_lib.run(config, benchmark=tiny_benchmark)
+    # finetune has a head per task: export/inferred too.
     assert sorted(os.listdir(export_dir)) == [
-        "all_tasks", "task_0", "task_1", "task_2"]
+        "all_tasks", "inferred", "task_0", "task_1", "task_2"]
     assert train_lib.read_progress(config.model_dir)["status"] == "finished"
 
 
