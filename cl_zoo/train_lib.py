@@ -388,10 +388,10 @@ class RunCheckpoint:
     def __init__(self, model, model_dir, restore_dir=None, extra=None):
         self.model = model
         self.root = os.path.join(model_dir, "checkpoints")
-        # Where `restore` reads: the chief's directory, for the other
-        # workers of a multi-worker run.
-        self.restore_root = os.path.join(restore_dir or model_dir,
-                                         "checkpoints")
+        # Where `restore` reads when not `root`: the chief's directory, for
+        # the other workers of a multi-worker run.
+        self.restore_root = (os.path.join(restore_dir, "checkpoints")
+                             if restore_dir else None)
         # Explicit lists, in a fixed order: tf.train.Checkpoint(model=model)
         # does not reach Keras layers held in Python lists.
         consolidation = model.consolidation
@@ -423,7 +423,7 @@ class RunCheckpoint:
         return name
 
     def restore(self, name):
-        path = os.path.join(self.restore_root, name, "ckpt")
+        path = os.path.join(self.restore_root or self.root, name, "ckpt")
         try:
             self.checkpoint.read(path).assert_consumed()
         except (tf.errors.OpError, AssertionError, ValueError, IndexError,
@@ -588,9 +588,10 @@ class ContinualRun:
         )
         self.agnostic = []  # rows of the task-agnostic accuracy matrix
         self.task_right = []  # per row: how often the task was inferred
-        self.checkpoint = RunCheckpoint(self.model, config.model_dir,
-                                        restore_dir=restore_dir,
-                                        extra=self.inference)
+        self.checkpoint = RunCheckpoint(
+            self.model, config.model_dir,
+            restore_dir=None if self.chief else restore_dir,
+            extra=self.inference)
         self.evaluator = Evaluator(
             self.model, self.benchmark, config.eval_batch_size,
             config.eval_examples,
