@@ -137,6 +137,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.heavy)
 
 
+@pytest.fixture(scope="session")
+def mnist_data():
+    """Real MNIST from the cl_zoo cache (fetched once); skips without it."""
+    from cl_zoo.benchmarks import mnist
+    from cl_zoo.benchmarks.base import DataUnavailableError
+
+    try:
+        return mnist.load_mnist()
+    except DataUnavailableError as e:
+        pytest.skip(f"real MNIST unavailable: {e}")
+
+
 @pytest.fixture
 def tiny_benchmark():
     return make_tiny_benchmark()

@@ -47,14 +47,6 @@ MNIST_PROTOCOLS = {
 
 
 @pytest.fixture(scope="module")
-def mnist_data():
-    try:
-        return mnist.load_mnist()
-    except benchmarks.DataUnavailableError as e:
-        pytest.skip(f"real MNIST unavailable: {e}")
-
-
-@pytest.fixture(scope="module")
 def split(mnist_data):
     return benchmarks.get_benchmark("split_mnist")
 

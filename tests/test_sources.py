@@ -19,14 +19,6 @@ from cl_zoo.benchmarks import mnist, scenarios, sources, tfds_sets
 from cl_zoo.benchmarks.base import BenchmarkError
 
 
-@pytest.fixture(scope="module")
-def mnist_data():
-    try:
-        return mnist.load_mnist()
-    except benchmarks.DataUnavailableError as e:
-        pytest.skip(f"real MNIST unavailable: {e}")
-
-
 def _per_class(x, y, count, classes=range(10)):
     keep = np.concatenate([np.flatnonzero(y == c)[:count] for c in classes])
     return x[keep], y[keep]
