@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from cl_zoo.consolidation.dense_path import DensePath
 from cl_zoo.consolidation.per_example import (
     jit_compile_ok,
     mean_over_examples,
@@ -28,6 +29,11 @@ FISHER_MODES = ("empirical", "true", "expected")
 
 def _log_likelihood(logits, label):
     return tf.gather(tf.nn.log_softmax(logits), label)
+
+
+def _log_likelihoods(logits, labels):
+    """`_log_likelihood` of every row of a batch."""
+    return tf.gather(tf.nn.log_softmax(logits), labels, batch_dims=1)
 
 
 def _per_example_squared_grads(model, variables, x, task_ids, labels,
@@ -49,20 +55,29 @@ def make_fisher_fn(model, variables, mode="empirical"):
             f"Expected a Fisher mode in {FISHER_MODES}. Received: {mode!r}"
         )
 
-    @tf.function(reduce_retracing=True, jit_compile=jit_compile_ok())
+    # A dense network's squared per-example gradients cost two matmuls per
+    # layer (`dense_path`); other networks take the vectorized path.
+    dense = DensePath.of(model, variables) if mode != "expected" else None
+
+    def squared_grads(x, task_ids, labels):
+        if dense is not None:
+            return dense.sums(x, task_ids, _log_likelihoods, labels)
+        return _per_example_squared_grads(model, variables, x, task_ids,
+                                          labels)
+
+    # No autograph: the code has no tensor-dependent Python control flow,
+    # and converting it took longer than the function's first run.
+    @tf.function(reduce_retracing=True, autograph=False,
+                 jit_compile=dense is None and jit_compile_ok())
     def chunk_fisher(x, task_ids, y, seed):
         if mode == "empirical":
-            return _per_example_squared_grads(
-                model, variables, x, task_ids, tf.cast(y, tf.int32)
-            )
+            return squared_grads(x, task_ids, tf.cast(y, tf.int32))
         logits = model({"x": x, "task": task_ids}, training=False)
         if mode == "true":
             sampled = tf.random.stateless_categorical(
                 logits, 1, seed=seed, dtype=tf.int32
             )[:, 0]
-            return _per_example_squared_grads(
-                model, variables, x, task_ids, sampled
-            )
+            return squared_grads(x, task_ids, sampled)
         # Expected Fisher: sum_c p_c * g_c^2, one vectorized pass per class.
         probs = tf.nn.softmax(logits)
         totals = [tf.zeros_like(v) for v in variables]

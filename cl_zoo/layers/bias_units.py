@@ -70,10 +70,23 @@ class _TaskDenseBase(keras.layers.Layer):
                 trainable=False,
             )
 
-    def _linear(self, inputs, task_ids):
+    def linear(self, inputs, task_ids):
+        """`(kernel_inputs, pre_activation)`: what the kernel multiplies
+        (the input, bound to its task's key with PSP) and the pre-activation
+        (the per-example kernel gradients of `cl_zoo.consolidation.
+        dense_path` are products of the two's)."""
+        task_ids = ops.cast(task_ids, "int32")
         if self.superposition:
             inputs = inputs * ops.take(self.keys, task_ids, axis=0)
-        return ops.matmul(inputs, self.kernel) + self.bias
+        return inputs, ops.matmul(inputs, self.kernel) + self.bias
+
+    def finish(self, pre_activation, task_ids):
+        """The layer's output from its pre-activation."""
+        del task_ids
+        return self.activation(pre_activation)
+
+    def call(self, inputs, task_ids):
+        return self.finish(self.linear(inputs, task_ids)[1], task_ids)
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.units)
@@ -130,9 +143,6 @@ class SuperpositionDense(_TaskDenseBase):
             key_seed=key_seed, **kwargs,
         )
 
-    def call(self, inputs, task_ids):
-        task_ids = ops.cast(task_ids, "int32")
-        return self.activation(self._linear(inputs, task_ids))
 
 
 @keras.saving.register_keras_serializable(package="cl_zoo")
@@ -219,13 +229,13 @@ class BiasUnitDense(_TaskDenseBase):
             rng.uniform(-limit, limit, shape)
         return rng.uniform(-limit, limit, shape).astype("float32")
 
-    def call(self, inputs, task_ids):
+    def linear(self, inputs, task_ids):
         task_ids = ops.cast(task_ids, "int32")
-        outputs = self._linear(inputs, task_ids)
+        inputs, outputs = super().linear(inputs, task_ids)
         live = ops.matmul(self.factor_m, self.factor_w)
         frozen = ops.take(self.bias_table, task_ids, axis=0)
         is_live = ops.expand_dims(ops.equal(task_ids, self.live_task), -1)
-        return self.activation(outputs + ops.where(is_live, live, frozen))
+        return inputs, outputs + ops.where(is_live, live, frozen)
 
     # Task life cycle (eager code between fits: writes every replica).
     def start_task(self, task):

@@ -124,8 +124,17 @@ class TaskHead(keras.layers.Layer):
         if self.mode != "single":
             self.class_mask = add_class_mask(self, self.task_sizes, width)
 
+    def linear(self, inputs, task_ids):
+        """`(kernel_inputs, pre_activation)`: the features and every head's
+        logits (see `BiasUnitDense.linear`)."""
+        del task_ids
+        return inputs, ops.matmul(inputs, self.kernel) + self.bias
+
     def call(self, inputs, task_ids):
-        logits = ops.matmul(inputs, self.kernel) + self.bias
+        return self.finish(self.linear(inputs, task_ids)[1], task_ids)
+
+    def finish(self, logits, task_ids):
+        """The logits of each example's head from every head's."""
         if self.mode == "single":
             return logits
         task_ids = ops.cast(task_ids, "int32")

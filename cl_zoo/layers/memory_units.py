@@ -137,14 +137,23 @@ class MemoryNeuronDense(keras.layers.Layer):
             "tn,tnk->tk", self.memory_values, self.memory_weights
         )
 
-    def call(self, inputs, task_ids):
+    def linear(self, inputs, task_ids):
+        """`(kernel_inputs, pre_activation)` (see `BiasUnitDense.linear`)."""
         task_ids = ops.cast(task_ids, "int32")
         outputs = ops.matmul(inputs, self.kernel) + self.bias
         memory = ops.take(self.memory_contributions(), task_ids, axis=0)
-        outputs = self.activation(outputs + memory)
+        return inputs, outputs + memory
+
+    def finish(self, pre_activation, task_ids):
+        """The layer's output from its pre-activation."""
+        outputs = self.activation(pre_activation)
         if self.task_sizes is None:
             return outputs
-        return mask_padding(outputs, self.class_mask, task_ids)
+        return mask_padding(outputs, self.class_mask,
+                            ops.cast(task_ids, "int32"))
+
+    def call(self, inputs, task_ids):
+        return self.finish(self.linear(inputs, task_ids)[1], task_ids)
 
     def memory_variables(self):
         """The per-task tables: memory values and memory weights."""
