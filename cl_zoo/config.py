@@ -119,6 +119,12 @@ RUN_SETTINGS = (
     Setting("num_cpu_devices", int, 1, "Split the CPU into N logical "
             "devices, so that --strategy=mirrored runs N replicas without "
             "GPUs.", minimum=1),
+    Setting("threads", int, None, "TensorFlow's intra-op threads (the "
+            "threads one op, a matmul, is split over). Unset: 1 for a dense "
+            "network on one replica per process (a second thread costs more "
+            "CPU than it saves there), TensorFlow's default (every core) "
+            "otherwise; 0: TensorFlow's default. Results depend on it at the "
+            "level of float rounding.", minimum=0),
     Setting("eval_batch_size", int, 1000, "Evaluation batch size.",
             minimum=1),
     Setting("eval_examples", int, 0, "Test examples per task for the "
@@ -144,7 +150,7 @@ RUN_GROUPS = {
                 "initializer", "normalize", "activation", "dropout", "loss"),
     "Method": ("consolidation",),
     "Benchmark": ("num_tasks", "data_dir"),
-    "Distribution": ("strategy", "num_cpu_devices"),
+    "Distribution": ("strategy", "num_cpu_devices", "threads"),
     "Output": ("model_dir", "eval_batch_size", "eval_examples", "export",
                "verbose", "overwrite"),
 }

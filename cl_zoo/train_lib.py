@@ -254,6 +254,29 @@ def worker_progress(config: RunConfig):
     return progress
 
 
+def intra_op_threads(config: RunConfig):
+    """The intra-op thread count of `--threads` (0: TensorFlow's default).
+
+    Unset, it is 1 for a dense network with one replica per process: its
+    matmuls are too small for a second thread to pay for the CPU time it
+    spends (trainers/bench_vs_torch.py), and TensorFlow's default, every
+    core, otherwise (convolutions, several replicas in one process).
+    """
+    if config.threads is not None:
+        return config.threads
+    one_replica = config.strategy != "mirrored"
+    dense = get_method(config.method).dense_network(config)
+    return 1 if one_replica and dense else 0
+
+
+def set_threads(config: RunConfig):
+    """Applies `--threads`; call before any TensorFlow op."""
+    threads = intra_op_threads(config)
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+    return threads
+
+
 def split_cpu(num_devices):
     """Splits the CPU into logical devices; call before any TensorFlow op."""
     if num_devices <= 1:
@@ -263,6 +286,21 @@ def split_cpu(num_devices):
         cpus[0],
         [tf.config.LogicalDeviceConfiguration()] * num_devices,
     )
+
+
+# Training steps per call of Keras's train function with one replica: the
+# steps run in a loop inside one graph, which saves Keras's per-call work
+# (about 10 % of an MLP step on 2 cores) and gives the same updates.
+STEPS_PER_EXECUTION = 32
+
+
+def steps_per_execution(strategy):
+    """`STEPS_PER_EXECUTION` with one replica; 1 with several, where the
+    multi-step loop is not what the replica tests check."""
+    if strategy.num_replicas_in_sync == 1 and not multi_worker.is_multi_worker(
+            strategy):
+        return STEPS_PER_EXECUTION
+    return 1
 
 
 def make_optimizer(config: RunConfig):
@@ -292,7 +330,7 @@ class Evaluator:
         self._datasets = {}
         self._agnostic = None
 
-        @tf.function(reduce_retracing=True)
+        @tf.function(reduce_retracing=True, autograph=False)
         def correct(inputs, y):
             logits = model(inputs, training=False)
             pred = tf.argmax(logits, axis=-1, output_type=tf.int32)
@@ -339,7 +377,7 @@ class Evaluator:
             table = task_inference_lib.class_table(self.model)
             model = self.model
 
-            @tf.function(reduce_retracing=True)
+            @tf.function(reduce_retracing=True, autograph=False)
             def step(x, task, y, learned):
                 inferred = inference.infer(x, learned)
                 scores = task_inference_lib.global_scores(
@@ -519,10 +557,14 @@ class _Timer(keras.callbacks.Callback):
         self._start = None
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
+        self._start = (time.perf_counter(), time.process_time())
 
     def on_epoch_end(self, epoch, logs=None):
-        self.run.train_seconds += time.perf_counter() - self._start
+        wall, cpu = self._start
+        self.run.train_seconds += time.perf_counter() - wall
+        # This process's CPU time (every thread): the steadier measure on a
+        # shared machine (trainers/bench_vs_torch.py compares with it).
+        self.run.train_cpu_seconds += time.process_time() - cpu
 
 
 def check_data(config, benchmark):
@@ -576,6 +618,7 @@ class ContinualRun:
                 optimizer=optimizer,
                 loss=make_loss(config.loss),
                 metrics=[keras.metrics.SparseCategoricalAccuracy("accuracy")],
+                steps_per_execution=steps_per_execution(self.strategy),
             )
             self.model.build_optimizers()
         # --steps_per_task: one "epoch" of that many batches per task.
@@ -604,6 +647,7 @@ class ContinualRun:
         self.matrix = []
         self.initial = None
         self.train_seconds = 0.0
+        self.train_cpu_seconds = 0.0
         self._ckpt_counter = 0
 
     # Progress -----------------------------------------------------------
@@ -622,6 +666,7 @@ class ContinualRun:
                 "task_agnostic_matrix": self.agnostic,
                 "task_agnostic_task_accuracy": self.task_right,
                 "train_seconds": self.train_seconds,
+                "train_cpu_seconds": self.train_cpu_seconds,
                 "config": self.config.to_dict(),
             },
         )
@@ -639,6 +684,7 @@ class ContinualRun:
                                                     [])]
             self.task_right = list(p.get("task_agnostic_task_accuracy", []))
             self.train_seconds = float(p["train_seconds"])
+            self.train_cpu_seconds = float(p.get("train_cpu_seconds", 0.0))
             self._ckpt_counter = int(p["checkpoint"].split("-")[-1])
             task, done = int(p["task"]), int(p["epochs_done"])
         except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -889,6 +935,10 @@ class ContinualRun:
                     self.matrix
                 ),
                 "head": model.head_mode,
+                "train_cpu_seconds": self.train_cpu_seconds,
+                # 0: TensorFlow's default (--threads).
+                "intra_op_threads":
+                    tf.config.threading.get_intra_op_parallelism_threads(),
                 "eval_examples_per_task": config.eval_examples or "all",
                 **({"task_agnostic": {
                     "accuracy_matrix": self.agnostic,

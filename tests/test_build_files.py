@@ -37,6 +37,10 @@ THIRD_PARTY = {
     "tensorflow": "tensorflow",
     "tensorflow_datasets": "tensorflow_datasets",
 }
+# Packages of pyproject's optional extras, imported only where they are
+# asked for (PyTorch, by trainers/bench_vs_torch.py's comparison): no Bazel
+# target depends on them.
+OPTIONAL_EXTRAS = {"torch": "bench"}
 DIRECT_REQUIREMENTS = (
     "tensorflow", "keras", "tensorflow-datasets", "tensorboard", "absl-py",
     "numpy", "matplotlib", "pytest",
@@ -289,6 +293,8 @@ def test_deps_cover_the_imports(build):
                     if label not in deps:
                         problems.append(f"{where}: imports {top}; add "
                                         f"{label}")
+                elif top in OPTIONAL_EXTRAS:
+                    continue
                 elif top not in sys.stdlib_module_names and top:
                     problems.append(f"{where}: {top} is neither ours, nor "
                                     "the standard library's, nor in "
@@ -437,3 +443,15 @@ def test_results_open_with_the_summary_table():
     assert first[1] == "## Summary"
     table = [line for line in first if line.startswith("| `")]
     assert table and all(" --model_dir=DIR` |" in row for row in table)
+
+
+def test_optional_extras_are_declared():
+    """Every package of OPTIONAL_EXTRAS is in its pyproject extra."""
+    with open(os.path.join(REPO_ROOT, "pyproject.toml")) as f:
+        pyproject = f.read()
+    for package, extra in OPTIONAL_EXTRAS.items():
+        line = re.search(rf"^{extra} = \[(.*)\]$", pyproject, re.M)
+        assert line, f"no optional-dependencies entry {extra!r}"
+        names = [re.split(r"[<>=!~ \[]", r.strip(' "'), maxsplit=1)[0]
+                 for r in line.group(1).split(",")]
+        assert package in names, (package, extra)

@@ -104,7 +104,8 @@ def parse_sweep(text):
     key, sep, values = (text or "").partition("=")
     settings = all_settings()
     if key not in settings or settings[key].is_list or key in (
-            "model_dir", "overwrite", "fast", "strategy", "num_cpu_devices"):
+            "model_dir", "overwrite", "fast", "strategy", "num_cpu_devices",
+            "threads"):
         _fail(f"--sweep={text}: expected KEY=V1,V2,... with KEY a setting "
               "of one value (e.g. spp_lambda, epsilon, epochs, seed).")
     if not sep or not values:
@@ -211,6 +212,7 @@ def _main(argv, started):
     # Logical CPU devices must exist before TensorFlow runs any op.
     from cl_zoo import train_lib
 
+    train_lib.set_threads(config)
     train_lib.split_cpu(config.num_cpu_devices)
     from cl_zoo import benchmarks
     from cl_zoo.config import ConfigError

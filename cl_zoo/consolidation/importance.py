@@ -148,7 +148,8 @@ class DataImportance(QuadraticConsolidation):
         objective, term = type(self).objective, type(self).term
         group = self.group_size
 
-        @tf.function(reduce_retracing=True, jit_compile=jit_compile_ok())
+        @tf.function(reduce_retracing=True, autograph=False,
+                     jit_compile=jit_compile_ok())
         def chunk(x, task_ids, y, seed):
             del y, seed  # label-free
             return per_example_terms(

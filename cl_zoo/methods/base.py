@@ -527,6 +527,12 @@ class ContinualModel(keras.Model):
             mean, std = mean[0], std[0]
         return (x - mean) / std
 
+    @classmethod
+    def dense_network(cls, config):
+        """Whether the run's network is dense layers only (it then trains
+        on one intra-op thread unless `--threads` says otherwise)."""
+        return config.architecture == "mlp"
+
     def build_for_inputs(self):
         """Creates every weight with a dummy batch of the expected shape.
 

@@ -323,6 +323,10 @@ class DGM(ContinualModel):
     takes_consolidation = False
 
     @classmethod
+    def dense_network(cls, config):
+        return False  # transposed convolutions and a convolutional critic
+
+    @classmethod
     def check_config(cls, values):
         units, capacity = values["generator_units"], values[
             "generator_capacity"]

@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from cl_zoo.benchmarks.base import without_autotune
 from cl_zoo.methods.base import ContinualModel
 from cl_zoo.methods.registry import register
 from cl_zoo.settings import Setting
@@ -161,9 +162,9 @@ class ER(ContinualModel):
             labels = tf.concat([tf.cast(y, tf.int32), tf.gather(by, rows)], 0)
             return {"x": x, "task": ids}, labels
 
-        return tf.data.Dataset.zip(current, draws).map(
+        return without_autotune(tf.data.Dataset.zip(current, draws).map(
             join, num_parallel_calls=tf.data.AUTOTUNE
-        ).prefetch(tf.data.AUTOTUNE)
+        ).prefetch(tf.data.AUTOTUNE))
 
     def extra_results(self, matrix, benchmark):
         del matrix, benchmark
