@@ -24,6 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
+from tensorboard.plugins.histogram import summary_v2 as histogram_summary
 
 from cl_zoo import benchmarks as benchmarks_lib
 from cl_zoo import export as export_lib
@@ -649,6 +650,7 @@ class ContinualRun:
         self.train_seconds = 0.0
         self.train_cpu_seconds = 0.0
         self._ckpt_counter = 0
+        self._png_cache = (None, None)
 
     # Progress -----------------------------------------------------------
     def save_progress(self, task, epochs_done, status="running"):
@@ -855,9 +857,7 @@ class ContinualRun:
                 self.model.log_task_summaries(
                     task, step, self.config.model_dir
                 )
-            image = plots.accuracy_matrix_png(
-                self.matrix, self.benchmark.num_tasks, title=self._title()
-            )
+            image = self._matrix_png()
             tf.summary.image(
                 "accuracy_matrix",
                 tf.image.decode_png(image, channels=4)[None],
@@ -873,7 +873,12 @@ class ContinualRun:
         if consolidation is None:
             return
         for path, importance in consolidation.importances():
-            tf.summary.histogram(f"importance/{path}", importance, step=step)
+            # TensorBoard's histogram of the values computed with NumPy:
+            # tf.summary.histogram traces a function per variable shape.
+            summary = histogram_summary.histogram_pb(
+                f"importance/{path}", np.asarray(importance))
+            tf.summary.experimental.write_raw_pb(
+                summary.SerializeToString(), step=step)
 
     def _log_decision_boundary(self, task):
         """BPN Fig. 5: P(class 0) over the plane in each task's mode."""
@@ -905,6 +910,15 @@ class ContinualRun:
             tf.image.decode_png(png, channels=4)[None],
             step=task + 1,
         )
+
+    def _matrix_png(self):
+        """The accuracy matrix's heatmap, drawn once per matrix (the last
+        task's TensorBoard image is the run's accuracy_matrix.png)."""
+        key = json.dumps(self.matrix)
+        if self._png_cache[0] != key:
+            self._png_cache = (key, plots.accuracy_matrix_png(
+                self.matrix, self.benchmark.num_tasks, title=self._title()))
+        return self._png_cache[1]
 
     def _title(self):
         return f"{self.config.method} on {self.config.benchmark}"
@@ -955,11 +969,7 @@ class ContinualRun:
         with open(
             os.path.join(config.model_dir, "accuracy_matrix.png"), "wb"
         ) as f:
-            f.write(
-                plots.accuracy_matrix_png(
-                    self.matrix, self.benchmark.num_tasks, title=self._title()
-                )
-            )
+            f.write(self._matrix_png())
         with open(
             os.path.join(config.model_dir, "average_accuracy.png"), "wb"
         ) as f:

@@ -11,11 +11,13 @@ trainer for every method (`python -m trainers.train --method=M
 loop of the same network (the split-MNIST MLP, 784-300x5-10, ReLU, one
 head over the ten classes), optimizer, learning rate, batch size and data
 order (the batches of cl_zoo's own pipeline, written to a file first).
-The PyTorch loops are `sgd` (plain cross-entropy) and `ewc` (the same plus
+The PyTorch loops are `sgd` (plain cross-entropy), `ewc` (the same plus
 EWC's quadratic penalty, with the empirical Fisher of 1,024 examples
 merged into one importance and one anchor after each task, as cl_zoo
-does); `bd_ewc` is compared with the EWC loop, as BPN's paper compares it
-with EWC.
+does) and `bd_ewc` (EWC plus BPN's bias units in every layer: `M_t W_t`
+added to each pre-activation, `W_t` trained by Adam, `M_t` by
+`eps * sign(grad)`, the product frozen per task). Like cl_zoo, every loop
+zeroes Adam's moments when a task starts.
 
 Throughput is training examples per second of training time: the fits'
 epochs for cl_zoo (`extra.train_cpu_seconds` / `train_seconds` in
@@ -40,7 +42,7 @@ import time
 
 BENCHMARK = "split_mnist"
 # The PyTorch loop each cl_zoo method is compared with.
-BASELINES = {"sgd": "sgd", "ewc": "ewc", "bd_ewc": "ewc"}
+BASELINES = {"sgd": "sgd", "ewc": "ewc", "bd_ewc": "bd_ewc"}
 TORCH_MISSING = ("PyTorch is not installed; this benchmark compares with "
                  "it: pip install -e \".[bench]\"")
 
@@ -100,11 +102,63 @@ def write_data(methods, epochs, seed, path):
 
 
 # ----------------------------------------------------------------------
-# The PyTorch loop (run in its own process: no TensorFlow imported).
+# The PyTorch loops (run in their own process: no TensorFlow imported).
+def _torch_network(config, num_tasks):
+    """The MLP of `config`; with BPN's bias units in every layer for
+    `bd_ewc`: `act(x W + b + M_t W_t)`, M_t (1 x H) and W_t (H x units)
+    live while task t trains, their product frozen in a table after it."""
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            sizes = [784, *config["hidden_units"], 10]
+            self.linears = nn.ModuleList(
+                nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+            self.bias_units = "bias_hidden" in config
+            if self.bias_units:
+                hidden = config["bias_hidden"]
+                self.factor_m = nn.ParameterList(
+                    nn.Parameter(torch.zeros(1, hidden)) for _ in sizes[1:])
+                self.factor_w = nn.ParameterList(
+                    nn.Parameter(torch.zeros(hidden, b)) for b in sizes[1:])
+                for i, b in enumerate(sizes[1:]):
+                    self.register_buffer(f"table_{i}",
+                                         torch.zeros(num_tasks, b))
+
+        def start_task(self):
+            with torch.no_grad():
+                for m, w in zip(self.factor_m, self.factor_w):
+                    limit = (6.0 / (w.shape[0] + w.shape[1])) ** 0.5
+                    m.zero_()
+                    w.uniform_(-limit, limit)
+
+        def freeze_task(self, task):
+            with torch.no_grad():
+                for i, (m, w) in enumerate(zip(self.factor_m,
+                                               self.factor_w)):
+                    getattr(self, f"table_{i}")[task] = (m @ w)[0]
+
+        def forward(self, x, task=None):
+            """`task=None`: the live factors (training)."""
+            h = x.flatten(1)
+            last = len(self.linears) - 1
+            for i, linear in enumerate(self.linears):
+                z = linear(h)
+                if self.bias_units:
+                    z = z + (self.factor_m[i] @ self.factor_w[i]
+                             if task is None
+                             else getattr(self, f"table_{i}")[task])
+                h = torch.relu(z) if i < last else z
+            return h
+
+    return Net()
+
+
 def torch_worker(method, data_path, threads, out):
     import numpy as np
     import torch
-    from torch import nn
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -112,34 +166,41 @@ def torch_worker(method, data_path, threads, out):
         settings = json.load(f)
     config = settings["methods"][method]
     data = np.load(data_path)
-    if config["activation"] != "relu" or config["head"] != "single":
-        raise SystemExit(f"the PyTorch loop is a single-head ReLU MLP; "
+    if (config["activation"] != "relu" or config["head"] != "single"
+            or config.get("bias_layers", "all") != "all"
+            or config.get("bias_update", "sign") != "sign"):
+        raise SystemExit(f"the PyTorch loop is a single-head ReLU MLP "
+                         f"(with sign-updated bias units in every layer); "
                          f"{method}'s settings differ")
-    sizes = [784, *config["hidden_units"]]
-    layers = [nn.Flatten()]
-    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
-        layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
-    layers.append(nn.Linear(sizes[-1], 10))
-    net = nn.Sequential(*layers)
-    params = list(net.parameters())
+    net = _torch_network(config, settings["num_tasks"])
+    weights = list(net.linears.parameters())  # what EWC protects
+    trained = weights + (list(net.factor_w) if net.bias_units else [])
     if config["optimizer"] == "adam":
-        opt = torch.optim.Adam(params, lr=config["lr"],
+        opt = torch.optim.Adam(trained, lr=config["lr"],
                                betas=(config["adam_beta1"], 0.999),
                                eps=1e-7)
     elif config["optimizer"] == "sgd":
-        opt = torch.optim.SGD(params, lr=config["lr"])
+        opt = torch.optim.SGD(trained, lr=config["lr"])
     else:
         raise SystemExit(f"no PyTorch optimizer for {config['optimizer']}")
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = torch.nn.CrossEntropyLoss()
     batch = config["batch_size"]
-    ewc = method == "ewc"
-    importance = [torch.zeros_like(p) for p in params]
-    anchor = [p.detach().clone() for p in params]
+    ewc = "ewc_lambda" in config
+    importance = [torch.zeros_like(p) for p in weights]
+    anchor = [p.detach().clone() for p in weights]
     strength = config.get("ewc_lambda", 0.0)
+    epsilon = config.get("epsilon", 0.0)
 
     cpu = wall = 0.0
     rows = []
     for task in range(settings["num_tasks"]):
+        # As cl_zoo does at every task: zeroed moments, the step count kept.
+        for state in opt.state.values():
+            for key in ("exp_avg", "exp_avg_sq", "momentum_buffer"):
+                if key in state:
+                    state[key].zero_()
+        if net.bias_units:
+            net.start_task()
         for epoch in range(settings["epochs"]):
             x = torch.from_numpy(data[f"train_x_{task}_{epoch}"])
             y = torch.from_numpy(data[f"train_y_{task}_{epoch}"]).long()
@@ -147,23 +208,33 @@ def torch_worker(method, data_path, threads, out):
             net.train()
             for i in range(0, len(y) - batch + 1, batch):
                 opt.zero_grad(set_to_none=True)
+                if net.bias_units:
+                    for m in net.factor_m:
+                        m.grad = None
                 loss = loss_fn(net(x[i:i + batch]), y[i:i + batch])
-                if ewc and task > 0:
+                if ewc:
                     penalty = sum(
                         (f * (p - a).square()).sum()
-                        for f, p, a in zip(importance, params, anchor))
+                        for f, p, a in zip(importance, weights, anchor))
                     loss = loss + strength / 2 * penalty
                 loss.backward()
                 opt.step()
+                if net.bias_units:
+                    with torch.no_grad():
+                        for m in net.factor_m:
+                            m -= epsilon * m.grad.sign()
             cpu += time.process_time() - start_cpu
             wall += time.perf_counter() - start_wall
+        if net.bias_units:
+            net.freeze_task(task)
         if ewc:
             fisher = _empirical_fisher(
-                net, data[f"train_x_{task}_0"][:config["fisher_samples"]],
+                net, weights,
+                data[f"train_x_{task}_0"][:config["fisher_samples"]],
                 data[f"train_y_{task}_0"][:config["fisher_samples"]])
             with torch.no_grad():
                 for new, imp, a, p in zip(fisher, importance, anchor,
-                                         params):
+                                          weights):
                     total = imp + new
                     safe = torch.where(total > 0, total,
                                        torch.ones_like(total))
@@ -176,12 +247,13 @@ def torch_worker(method, data_path, threads, out):
                    "accuracy_matrix": rows}, f)
 
 
-def _empirical_fisher(net, x, y):
-    """Mean squared per-example gradients of log p(y | x)."""
+def _empirical_fisher(net, weights, x, y):
+    """Mean squared per-example gradients of log p(y | x) of `weights`."""
     import torch
     from torch.func import functional_call, grad, vmap
 
-    params = {k: v.detach() for k, v in net.named_parameters()}
+    names = {id(p): n for n, p in net.named_parameters()}
+    params = {n: p.detach() for n, p in net.named_parameters()}
 
     def nll(p, xi, yi):
         logits = functional_call(net, p, (xi[None],))
@@ -189,7 +261,7 @@ def _empirical_fisher(net, x, y):
 
     grads = vmap(grad(nll), in_dims=(None, 0, 0))(
         params, torch.from_numpy(x), torch.from_numpy(y).long())
-    return [g.square().mean(0) for g in grads.values()]
+    return [grads[names[id(w)]].square().mean(0) for w in weights]
 
 
 def _accuracies(net, data, seen):
@@ -201,7 +273,8 @@ def _accuracies(net, data, seen):
         for task in range(seen):
             x = torch.from_numpy(data[f"test_x_{task}"])
             y = torch.from_numpy(data[f"test_y_{task}"]).long()
-            out.append(float((net(x).argmax(-1) == y).float().mean()))
+            logits = net(x, task if net.bias_units else None)
+            out.append(float((logits.argmax(-1) == y).float().mean()))
     return out
 
 
