@@ -45,10 +45,10 @@ def _write_data(path, methods):
         labels = np.repeat([2 * task, 2 * task + 1], 128)
         images = 0.1 * rng.random((256, 28, 28, 1), dtype=np.float32)
         images[labels % 2 == 1] += 0.8
-        order = rng.permutation(256)  # the order cl_zoo's pipeline gives
-        images, labels = images[order], labels[order]
-        arrays[f"train_x_{task}_0"] = images
-        arrays[f"train_y_{task}_0"] = labels
+        arrays[f"train_x_{task}"] = images
+        arrays[f"train_y_{task}"] = labels
+        # The order cl_zoo's pipeline gives (sorted data would not train).
+        arrays[f"order_{task}_0"] = rng.permutation(256)
         arrays[f"test_x_{task}"] = images[::4]
         arrays[f"test_y_{task}"] = labels[::4]
     np.savez(path, **arrays)

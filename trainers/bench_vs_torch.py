@@ -10,7 +10,9 @@ trainer for every method (`python -m trainers.train --method=M
 --benchmark=split_mnist --epochs=E --export=false`) and a plain PyTorch
 loop of the same network (the split-MNIST MLP, 784-300x5-10, ReLU, one
 head over the ten classes), optimizer, learning rate, batch size and data
-order (the batches of cl_zoo's own pipeline, written to a file first).
+order: it indexes each task's examples (float32 arrays in memory) with
+the order of cl_zoo's own pipeline, batch by batch, as a hand-written
+loop over a random permutation does.
 The PyTorch loops are `sgd` (plain cross-entropy), `ewc` (the same plus
 EWC's quadratic penalty, with the empirical Fisher of 1,024 examples
 merged into one importance and one anchor after each task, as cl_zoo
@@ -79,14 +81,22 @@ def write_data(methods, epochs, seed, path):
     model = get_method("sgd").from_run_config(configs["sgd"], benchmark)
     arrays, samples = {}, 0
     for task in range(benchmark.num_tasks):
+        # The task's examples as arrays, and each epoch's order of them in
+        # cl_zoo's pipeline, which the PyTorch loop indexes batch by batch.
+        x, y = benchmark.train_arrays(task)
+        arrays[f"train_x_{task}"], arrays[f"train_y_{task}"] = x, y
+        rows = {}
+        for i, key in enumerate(_row_keys(x, y)):
+            rows.setdefault(key, []).append(i)
         dataset = model.train_dataset(task, benchmark, reference.batch_size,
                                       seed=reference.seed + task)
         for epoch in range(epochs):
-            xs, ys = zip(*((inputs["x"].numpy(), y.numpy())
-                           for inputs, y in dataset))
-            arrays[f"train_x_{task}_{epoch}"] = np.concatenate(xs)
-            arrays[f"train_y_{task}_{epoch}"] = np.concatenate(ys)
-            samples += len(arrays[f"train_y_{task}_{epoch}"])
+            seen = {key: list(i) for key, i in rows.items()}
+            order = [seen[key].pop() for inputs, labels in dataset
+                     for key in _row_keys(inputs["x"].numpy(),
+                                          labels.numpy())]
+            arrays[f"order_{task}_{epoch}"] = np.asarray(order, np.int64)
+            samples += len(order)
         x, y = benchmark.test_arrays(task)
         arrays[f"test_x_{task}"], arrays[f"test_y_{task}"] = x, y
     np.savez(path, **arrays)
@@ -99,6 +109,12 @@ def write_data(methods, epochs, seed, path):
     with open(path + ".json", "w") as f:
         json.dump(settings, f)
     return settings
+
+
+def _row_keys(x, y):
+    """One hashable key per example (its pixels and label)."""
+    flat = x.reshape(len(x), -1)
+    return [(row.tobytes(), int(label)) for row, label in zip(flat, y)]
 
 
 # ----------------------------------------------------------------------
@@ -201,17 +217,19 @@ def torch_worker(method, data_path, threads, out):
                     state[key].zero_()
         if net.bias_units:
             net.start_task()
+        x = torch.from_numpy(data[f"train_x_{task}"])
+        y = torch.from_numpy(data[f"train_y_{task}"]).long()
         for epoch in range(settings["epochs"]):
-            x = torch.from_numpy(data[f"train_x_{task}_{epoch}"])
-            y = torch.from_numpy(data[f"train_y_{task}_{epoch}"]).long()
+            order = torch.from_numpy(data[f"order_{task}_{epoch}"])
             start_cpu, start_wall = time.process_time(), time.perf_counter()
             net.train()
-            for i in range(0, len(y) - batch + 1, batch):
+            for i in range(0, len(order) - batch + 1, batch):
                 opt.zero_grad(set_to_none=True)
                 if net.bias_units:
                     for m in net.factor_m:
                         m.grad = None
-                loss = loss_fn(net(x[i:i + batch]), y[i:i + batch])
+                picked = order[i:i + batch]
+                loss = loss_fn(net(x[picked]), y[picked])
                 if ewc:
                     penalty = sum(
                         (f * (p - a).square()).sum()
@@ -228,10 +246,10 @@ def torch_worker(method, data_path, threads, out):
         if net.bias_units:
             net.freeze_task(task)
         if ewc:
+            first = data[f"order_{task}_0"][:config["fisher_samples"]]
             fisher = _empirical_fisher(
-                net, weights,
-                data[f"train_x_{task}_0"][:config["fisher_samples"]],
-                data[f"train_y_{task}_0"][:config["fisher_samples"]])
+                net, weights, data[f"train_x_{task}"][first],
+                data[f"train_y_{task}"][first])
             with torch.no_grad():
                 for new, imp, a, p in zip(fisher, importance, anchor,
                                           weights):
