@@ -171,26 +171,3 @@ def test_skipping_the_first_tasks_zero_penalty_changes_nothing(
         weights.append(_weights(run))
     for a, b in zip(*weights):
         np.testing.assert_array_equal(a, b)
-
-
-def test_bias_units_take_the_live_rows_without_a_gather():
-    """An all-live batch adds `M W` directly; a mixed one still selects
-    each example's row: both equal the per-example definition."""
-    from cl_zoo.layers.bias_units import BiasUnitDense
-
-    layer = BiasUnitDense(5, num_tasks=3, bias_hidden=4, activation="relu")
-    layer.build((None, 6))
-    layer.start_task(0)
-    layer.factor_m.assign(np.full((1, 4), 0.5, "float32"))
-    layer.freeze_task(0)
-    layer.start_task(1)
-    layer.factor_m.assign(np.full((1, 4), -0.25, "float32"))
-    x = np.random.default_rng(0).normal(size=(4, 6)).astype("float32")
-    base = x @ np.asarray(layer.kernel) + np.asarray(layer.bias)
-    rows = {0: np.asarray(layer.bias_table)[0],
-            1: (np.asarray(layer.factor_m) @ np.asarray(layer.factor_w))[0],
-            2: np.zeros(5, "float32")}
-    for ids in ([1, 1, 1, 1], [1, 0, 2, 1]):
-        expected = np.maximum(base + np.stack([rows[t] for t in ids]), 0)
-        np.testing.assert_allclose(layer(x, np.asarray(ids, "int32")),
-                                   expected, rtol=1e-6, atol=1e-6)

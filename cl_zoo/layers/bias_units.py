@@ -233,17 +233,9 @@ class BiasUnitDense(_TaskDenseBase):
         task_ids = ops.cast(task_ids, "int32")
         inputs, outputs = super().linear(inputs, task_ids)
         live = ops.matmul(self.factor_m, self.factor_w)
-        is_live = ops.equal(task_ids, self.live_task)
-
-        def mixed():
-            frozen = ops.take(self.bias_table, task_ids, axis=0)
-            return outputs + ops.where(ops.expand_dims(is_live, -1), live,
-                                       frozen)
-
-        # A training batch is all of the live task: the same sums without
-        # the per-example gather and select (and their gradients).
-        return inputs, ops.cond(ops.all(is_live), lambda: outputs + live,
-                                mixed)
+        frozen = ops.take(self.bias_table, task_ids, axis=0)
+        is_live = ops.expand_dims(ops.equal(task_ids, self.live_task), -1)
+        return inputs, outputs + ops.where(is_live, live, frozen)
 
     # Task life cycle (eager code between fits: writes every replica).
     def start_task(self, task):
