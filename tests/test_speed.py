@@ -149,25 +149,3 @@ def test_threads_default_to_one_for_dense_networks_on_one_replica():
     assert threads("dgm") == 0
     assert threads("ewc", threads=0) == 0
     assert threads("dgm", threads=3) == 3
-
-
-@pytest.mark.heavy
-@pytest.mark.parametrize("method", ["ewc", "bd_ewc", "si"])
-def test_skipping_the_first_tasks_zero_penalty_changes_nothing(
-        method, tmp_path, tiny_benchmark, monkeypatch):
-    """The closed-form penalty is skipped while `frozen` is 0 (the first
-    task, no importance yet): the same weights as computing it."""
-    from cl_zoo.methods import base
-
-    weights = []
-    for force in (False, True):
-        if force:
-            monkeypatch.setattr(base.tf, "cond",
-                                lambda pred, true_fn, false_fn: true_fn())
-        run = train_lib.ContinualRun(
-            _config(tmp_path, method, f"force{force}", epochs=1),
-            benchmark=tiny_benchmark)
-        run.run()
-        weights.append(_weights(run))
-    for a, b in zip(*weights):
-        np.testing.assert_array_equal(a, b)

@@ -633,33 +633,21 @@ class ContinualModel(keras.Model):
         gradient is scaled as the loss is (replica count, loss scale) and
         added to the tape's.
         """
-        grads = [g if g is not None else ops.zeros_like(v)
-                 for g, v in zip(grads, variables)]
-
-        def with_penalty():
-            penalty, penalty_grads = (
-                self.consolidation.penalty_and_gradients())
-            coef = self.optimizer.scale_loss(
-                ops.convert_to_tensor(1.0 / replicas, "float32")
-            )
-            by_id = {
-                id(p): g
-                for p, g in zip(self.consolidation.params, penalty_grads)
-            }
-            return penalty, [
-                g if id(v) not in by_id
-                else g + ops.cast(coef * by_id[id(v)], g.dtype)
-                for g, v in zip(grads, variables)
-            ]
-
-        def without():
-            return ops.zeros((), "float32"), list(grads)
-
-        # The first task has no importance yet: its penalty and gradient
-        # are zeros, so skipping them changes nothing and saves a pass
-        # over every weight per step.
-        penalty, grads = tf.cond(self.frozen > 0, with_penalty, without)
+        penalty, penalty_grads = self.consolidation.penalty_and_gradients()
         self._penalty_tracker.update_state(penalty)
+        coef = self.optimizer.scale_loss(
+            ops.convert_to_tensor(1.0 / replicas, "float32")
+        )
+        by_id = {
+            id(p): g
+            for p, g in zip(self.consolidation.params, penalty_grads)
+        }
+        grads = [
+            g if id(v) not in by_id
+            else coef * by_id[id(v)] if g is None
+            else g + ops.cast(coef * by_id[id(v)], g.dtype)
+            for g, v in zip(grads, variables)
+        ]
         loss = loss + ops.cast(penalty, loss.dtype) / replicas
         return loss, grads
 
