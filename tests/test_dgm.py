@@ -126,6 +126,72 @@ def test_masked_conv_round_trips_and_counts():
         MaskedDense(4, num_tasks=2, capacity=2)
 
 
+@pytest.mark.parametrize("first", [True, False])
+def test_masked_conv_computes_active_units_as_the_whole_kernel(first):
+    """Only the active units are computed (compact), and the projection
+    from one pixel is a matrix product: the same outputs, to float
+    rounding, as conv2d_transpose over the whole capacity."""
+    size, kernel, strides, padding = ((1, 7, 1, "valid") if first
+                                      else (5, 4, 2, "same"))
+    layer = MaskedConv2DTranspose(3, num_tasks=2, capacity=8,
+                                  kernel_size=kernel, strides=strides,
+                                  padding=padding, activation="relu")
+    layer.build((None, size, size, 6))
+    layer.bias.assign(np.linspace(-0.5, 0.5, 8).astype(np.float32))
+    layer.embedding.assign(np.float32([[1, -1, 2, 9, 9, 9, 9, 9],
+                                       np.zeros(8)]))
+    x = tf.random.stateless_uniform((4, size, size, 6), seed=[3, 4])
+    ids = tf.constant([0, 1, 0, 1])
+    side = kernel if first else size * strides
+    out = [4, side, side, 8]
+    full = tf.nn.conv2d_transpose(x, layer.kernel, out, strides,
+                                  padding=padding.upper())
+    gates = layer.gates(ids, current_task=0, s=2.0)[:, None, None, :]
+    expected = tf.nn.relu(full + layer.bias) * gates
+    y = layer(x, ids, current_task=0, s=2.0)
+    assert y.shape == expected.shape
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
+    assert not np.any(y.numpy()[..., 3:])  # spare units: exact zeros
+    compact = layer(x, ids, current_task=0, s=2.0, compact=True)
+    assert compact.shape[-1] == 3
+    np.testing.assert_array_equal(compact, y[..., :3])
+    # A compact input (the previous layer's first 4 units; the rest are
+    # zeros) reads the matching rows of the kernel only.
+    narrow = x[..., :4]
+    padded = tf.pad(narrow, [[0, 0], [0, 0], [0, 0], [0, 2]])
+    np.testing.assert_allclose(layer(narrow, ids, current_task=0, s=2.0),
+                               layer(padded, ids, current_task=0, s=2.0),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_train_step_is_traced_once_across_tasks_and_growth(ci_benchmark,
+                                                           monkeypatch):
+    """Growth changes the shapes the generator computes, but they are read
+    from the layers' variables: one trace serves every task."""
+    model = _build(ci_benchmark)
+    traces = []
+    step = type(model).train_step
+
+    def counting(self, data):
+        traces.append(1)
+        return step(self, data)
+
+    monkeypatch.setattr(type(model), "train_step", counting)
+    for task in range(3):
+        model.begin_task(task, ci_benchmark)
+        for layer in model.generator.masked_layers:  # reserve, then grow
+            e = layer.embedding.numpy()
+            e[task, :int(layer.active.numpy())] = 1.0
+            layer.embedding.assign(e)
+        data = model.train_dataset(task, ci_benchmark, 16).repeat()
+        model.fit(data, steps_per_epoch=2, epochs=1, verbose=0,
+                  shuffle=False)
+        model.end_task(task, ci_benchmark)
+    assert [int(layer.active.numpy())
+            for layer in model.generator.masked_layers] != [6, 4]
+    assert len(traces) == 1
+
+
 # Frozen old tasks and growth --------------------------------------------------
 def test_new_task_leaves_old_generator_outputs_bit_identical(ci_benchmark):
     model = _build(ci_benchmark)

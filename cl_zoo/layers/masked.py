@@ -20,12 +20,20 @@ Growth. A layer is allocated `capacity` units up front and uses the first
 `active` of them; units past `active` have gate 0 for every task (they take
 no part in any output and get no gradient). `grow(n)` makes n more units
 active: they start from their initial weights and old tasks' gates on them
-are 0, so old tasks' outputs are unchanged bit for bit (their computation
-has the same shape before and after; the new units add exact zeros). DGM
-grows each layer after every task by the number of units the task newly
+are 0, so old tasks' outputs do not change: the new units add exact zeros.
+DGM grows each layer after every task by the number of units the task newly
 reserved, so that the free capacity stays what it was at the start. Exports
-and `per_task_bytes` count active units only; the compute cost is that of
-the capacity.
+and `per_task_bytes` count active units only.
+
+The computation covers the active units only (`compact=True` passes them
+on to the next layer without the spare ones, whose outputs are zeros): at
+DGM's defaults the first tasks use a fraction of the capacity, and the
+spare units would otherwise take most of the generator's time. While a
+task trains the shapes are fixed (no retrace: `active` is read as a
+tensor); after growth an old task's sums run over more terms, all of them
+exact zeros, but the CPU kernels block longer sums differently, so its
+outputs may move by float rounding (up to 2e-7 in DGM's [0, 1] pixels at
+the defaults, measured; bit for bit when the shapes stay the same).
 
 An unmasked variant (`masked=False`) is the generator's output layer, one
 per task as in the authors' code: a kernel and a bias per task, of which
@@ -239,8 +247,16 @@ class _MaskedLayer(keras.layers.Layer):
         is_current = ops.equal(task_ids, current)[:, None]
         return ops.where(is_current, soft[None, :], hard)
 
+    def units_in_use(self):
+        """Output units computed: the active ones (masked; a scalar int32
+        tensor, read from `active` when the step runs) or every output
+        (unmasked, an int)."""
+        if not self.masked:
+            return self.out_units
+        return ops.cast(self.active, "int32")
+
     def call(self, x, task_ids, current_task=-1, s=1.0, batch_stats=False,
-             record=False):
+             record=False, compact=False):
         """Args (besides the input and each example's task id):
             current_task, s: the task whose soft gate (at scale s) applies.
             batch_stats: normalize with the batch's statistics (training;
@@ -248,9 +264,14 @@ class _MaskedLayer(keras.layers.Layer):
                 stored ones.
             record: store the batch's statistics as the task's (eager,
                 between tasks; implies batch_stats).
+            compact: return the active units only (masked layers; the
+                spare ones are zeros). The input may be compact too: it
+                then holds the previous layer's first units, and only the
+                matching rows of the kernel are used.
         """
         task_ids = ops.cast(task_ids, "int32")
-        y = self.linear(x)
+        units = self.units_in_use()
+        y = self.linear(x, units)
         spatial = (1,) * (len(y.shape) - 2)
         if not self.masked:
             # Each example's own task's output.
@@ -261,14 +282,21 @@ class _MaskedLayer(keras.layers.Layer):
                                                  self.num_tasks, 1)),
                         axis=-2)
 
+        def in_use(row):
+            # (batch, capacity) -> (batch, *spatial, units)
+            row = row[:, :units]
+            for _ in spatial:
+                row = ops.expand_dims(row, 1)
+            return row
+
         def rows(table):
-            return ops.reshape(ops.take(table, task_ids, axis=0),
-                               (-1, *spatial, self.capacity))
+            return in_use(ops.take(table, task_ids, axis=0))
 
         if not self.masked:
-            y = y + rows(self.bias)
+            y = y + ops.reshape(ops.take(self.bias, task_ids, axis=0),
+                                (-1, *spatial, self.capacity))
         elif self.bias is not None:
-            y = y + self.bias
+            y = y + self.bias[:units]
         if self.batch_norm:
             axes = tuple(range(len(y.shape) - 1))
             if batch_stats or record:
@@ -277,8 +305,11 @@ class _MaskedLayer(keras.layers.Layer):
                     task = int(task_ids[0])
                     for table, value in ((self.moving_mean, mean),
                                          (self.moving_variance, variance)):
+                        # The spare units keep their rows' values.
+                        row = ops.concatenate([value, table[task, units:]],
+                                              axis=0)
                         table.assign(ops.scatter_update(
-                            table, [[task]], value[None]))
+                            table, [[task]], row[None]))
             else:
                 mean, variance = rows(self.moving_mean), rows(
                     self.moving_variance)
@@ -288,8 +319,25 @@ class _MaskedLayer(keras.layers.Layer):
             y = self.activation(y)
         if not self.masked:
             return y
-        gate = self.gates(task_ids, current_task, s)
-        return y * ops.reshape(gate, (-1, *spatial, self.capacity))
+        y = y * in_use(self.gates(task_ids, current_task, s))
+        if compact:
+            return y
+        # The spare units' outputs: exact zeros.
+        pad = [[0, 0]] * (len(y.shape) - 1) + [[0, self.capacity - units]]
+        return tf.ensure_shape(tf.pad(y, pad),
+                               (*y.shape[:-1], self.capacity))
+
+    def used_kernel(self, in_units, units):
+        """The kernel's entries that the first `in_units` inputs and the
+        first `units` outputs use (the whole kernel when they are all)."""
+        kernel = self.kernel
+        index = [slice(None)] * len(kernel.shape)
+        if not isinstance(units, int) or units != self.out_units:
+            index[self.out_axis] = slice(None, units)
+        if (not isinstance(in_units, int)
+                or in_units != kernel.shape[self.in_axis]):
+            index[self.in_axis] = slice(None, in_units)
+        return kernel[tuple(index)]
 
     # ------------------------------------------------------------------
     # Training rules.
@@ -436,8 +484,9 @@ class MaskedDense(_MaskedLayer):
         # 1 - min(cum_out, cum_in) = max(free_out, free_in).
         return ops.maximum(out_free[None, :], in_free[:, None])
 
-    def linear(self, x):
-        return ops.matmul(x, self.kernel)
+    def linear(self, x, units):
+        in_units = x.shape[-1] or tf.shape(x)[-1]
+        return ops.matmul(x, self.used_kernel(in_units, units))
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.capacity)
@@ -482,20 +531,32 @@ class MaskedConv2DTranspose(_MaskedLayer):
             return size * self.strides
         return (size - 1) * self.strides + self.kernel_size
 
-    def linear(self, x):
+    def linear(self, x, units):
+        in_units = x.shape[-1] or tf.shape(x)[-1]
+        kernel = self.used_kernel(in_units, units)
+        static_units = units if isinstance(units, int) else None
+        out_shape = (*self.compute_output_shape(x.shape)[:-1], static_units)
+        k = self.kernel_size
+        if x.shape[1] == x.shape[2] == 1 and self.padding == "valid":
+            # From a single pixel (DGM's projection) the transposed
+            # convolution is a matrix product: the same sums, several times
+            # faster than conv2d_transpose on a CPU. kernel: (k, k, out, in).
+            flat = tf.reshape(kernel, (-1, in_units))
+            y = tf.linalg.matmul(tf.reshape(x, (-1, in_units)), flat,
+                                 transpose_b=True)
+            y = ops.reshape(y, (-1, k, k, tf.shape(kernel)[2]))
+            return tf.ensure_shape(y, out_shape)
         shape = tf.shape(x)
         out = tf.stack([
             shape[0],
             self._output_size(shape[1]),
             self._output_size(shape[2]),
-            self.out_units,
+            tf.shape(kernel)[2],
         ])
         y = tf.nn.conv2d_transpose(
-            x, self.kernel, out, self.strides, padding=self.padding.upper()
+            x, kernel, out, self.strides, padding=self.padding.upper()
         )
-        return tf.ensure_shape(
-            y, (*self.compute_output_shape(x.shape)[:-1], self.out_units)
-        )
+        return tf.ensure_shape(y, out_shape)
 
     def compute_output_shape(self, input_shape):
         def size(n):

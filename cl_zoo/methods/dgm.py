@@ -248,9 +248,11 @@ class DGMGenerator(keras.layers.Layer):
             axis=-1,
         )
         h = ops.reshape(h, (-1, 1, 1, self.noise_dim + self.num_classes))
+        # The masked layers pass on their active units only: the spare
+        # ones are zeros, and leaving them out saves most of the work.
         for layer in self.masked_layers:
             h = layer(h, task_ids, current_task=current_task, s=s,
-                      batch_stats=batch_stats, record=record)
+                      batch_stats=batch_stats, record=record, compact=True)
         return self.output_layer(h, task_ids)
 
     def gradient_multipliers(self, s, s_max):
