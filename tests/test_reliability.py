@@ -112,8 +112,10 @@ def _config(tmp_path, name="run", method="bd_ewc", **overrides):
 
 
 def _comparable(results):
-    """Results without wall time and the run's own directory."""
+    """Results without timings and the run's own directory."""
     out = {k: v for k, v in results.items() if k != "train_seconds"}
+    out["extra"] = {k: v for k, v in results["extra"].items()
+                    if k != "train_cpu_seconds"}
     out["config"] = {k: v for k, v in results["config"].items()
                      if k != "model_dir"}
     return out
