@@ -33,7 +33,8 @@ SETUPS = {
 }
 
 
-def _children_cpu():
+def children_cpu():
+    """User + system CPU seconds of this process's finished children."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 
@@ -50,10 +51,10 @@ def run_once(setup, method, batch_size, steps, root):
                    f"--workers={workers}", "--", *flags]
     else:
         command = [sys.executable, "-m", "trainers.train", *flags, *extra]
-    cpu, wall = _children_cpu(), time.perf_counter()
+    cpu, wall = children_cpu(), time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True,
                           check=False)
-    cpu, wall = _children_cpu() - cpu, time.perf_counter() - wall
+    cpu, wall = children_cpu() - cpu, time.perf_counter() - wall
     if proc.returncode != 0:
         sys.exit(f"{setup} failed ({proc.returncode}): "
                  f"{proc.stderr.strip().splitlines()[-1:]}")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -25,12 +24,9 @@ import sys
 import tempfile
 import time
 
+from trainers.bench_multi_worker import children_cpu
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _children_cpu():
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def run_once(checkout, flags, root):
@@ -38,10 +34,10 @@ def run_once(checkout, flags, root):
     model_dir = tempfile.mkdtemp(dir=root)
     command = [sys.executable, "-m", "trainers.train", *flags,
                f"--model_dir={model_dir}", "--verbose=0"]
-    cpu, wall = _children_cpu(), time.perf_counter()
+    cpu, wall = children_cpu(), time.perf_counter()
     proc = subprocess.run(command, cwd=checkout, capture_output=True,
                           text=True, check=False)
-    cpu, wall = _children_cpu() - cpu, time.perf_counter() - wall
+    cpu, wall = children_cpu() - cpu, time.perf_counter() - wall
     shutil.rmtree(model_dir, ignore_errors=True)
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-1:]

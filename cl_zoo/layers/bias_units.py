@@ -144,7 +144,6 @@ class SuperpositionDense(_TaskDenseBase):
         )
 
 
-
 @keras.saving.register_keras_serializable(package="cl_zoo")
 class BiasUnitDense(_TaskDenseBase):
     """Dense layer with per-task bias units (Beneficial Perturbation Network).

@@ -126,7 +126,7 @@ class TaskHead(keras.layers.Layer):
 
     def linear(self, inputs, task_ids):
         """`(kernel_inputs, pre_activation)`: the features and every head's
-        logits (see `BiasUnitDense.linear`)."""
+        logits (see `_TaskDenseBase.linear` in `cl_zoo.layers.bias_units`)."""
         del task_ids
         return inputs, ops.matmul(inputs, self.kernel) + self.bias
 

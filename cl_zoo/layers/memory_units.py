@@ -138,7 +138,8 @@ class MemoryNeuronDense(keras.layers.Layer):
         )
 
     def linear(self, inputs, task_ids):
-        """`(kernel_inputs, pre_activation)` (see `BiasUnitDense.linear`)."""
+        """`(kernel_inputs, pre_activation)` (see `_TaskDenseBase.linear` in
+        `cl_zoo.layers.bias_units`)."""
         task_ids = ops.cast(task_ids, "int32")
         outputs = ops.matmul(inputs, self.kernel) + self.bias
         memory = ops.take(self.memory_contributions(), task_ids, axis=0)
