@@ -29,7 +29,7 @@ from tensorboard.plugins.histogram import summary_v2 as histogram_summary
 from cl_zoo import benchmarks as benchmarks_lib
 from cl_zoo import export as export_lib
 from cl_zoo import metrics as metrics_lib
-from cl_zoo import multi_worker, plots
+from cl_zoo import multi_worker, optimizers, plots
 from cl_zoo import task_inference as task_inference_lib
 from cl_zoo.config import ConfigError, RunConfig
 from cl_zoo.losses import make_loss
@@ -310,7 +310,7 @@ def make_optimizer(config: RunConfig):
     if config.optimizer == "momentum":
         return keras.optimizers.SGD(config.lr, momentum=0.9)
     if config.optimizer == "adam":
-        return keras.optimizers.Adam(config.lr, beta_1=config.adam_beta1)
+        return optimizers.Adam(config.lr, beta_1=config.adam_beta1)
     return keras.optimizers.RMSprop(config.lr)
 
 
