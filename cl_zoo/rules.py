@@ -24,6 +24,8 @@ output.
 
 from __future__ import annotations
 
+import abc
+
 import keras
 from keras import ops
 
@@ -39,7 +41,7 @@ EPSILON = Setting(
     "it).", above=0, expected="a positive number")
 
 
-class GradientRule:
+class GradientRule(abc.ABC):
     """A rewrite of the gradients of `variables()`.
 
     Subclasses set `linear` (True when the rewrite commutes with a sum over
@@ -55,6 +57,7 @@ class GradientRule:
         """The variables whose gradients this rule rewrites."""
         return []
 
+    @abc.abstractmethod
     def rewrite(self, model, grads):
         """The new gradients of `variables()`, in their order.
 
@@ -63,9 +66,8 @@ class GradientRule:
             grads: the gradients of `variables()`: of the global batch
                 (summed over replicas) unless the rule is linear.
         """
-        raise NotImplementedError
 
-    def build(self):
+    def build(self):  # noqa: B027 (optional: most rules have no state)
         """Creates the rule's own state (its optimizer); called before
         training, under the strategy's scope."""
 

@@ -7,7 +7,10 @@ import tensorflow as tf
 
 from cl_zoo.consolidation import EWC, merge_quadratic, quadratic_penalty
 from cl_zoo.consolidation import fisher as fisher_lib
+from cl_zoo.consolidation.base import Consolidation
+from cl_zoo.consolidation.registry import consolidation_names, register
 from cl_zoo.methods import get_method
+from cl_zoo.rules import GradientRule
 
 
 def test_quadratic_penalty_by_hand():
@@ -282,3 +285,21 @@ def test_closed_form_penalty_step_matches_the_tape(tiny_benchmark, method):
                                    rtol=1e-4)
     for closed, tape in zip(closed_weights, tape_weights):
         np.testing.assert_allclose(closed, tape, rtol=1e-4, atol=1e-6)
+
+
+def test_register_refuses_a_consolidation_without_from_config():
+    class Unbuildable(Consolidation):
+        def penalty(self, model):
+            return 0.0
+
+    with pytest.raises(TypeError, match="needs a classmethod from_config"):
+        register("unbuildable")(Unbuildable)
+    assert "unbuildable" not in consolidation_names()
+
+
+def test_a_gradient_rule_must_rewrite():
+    class NoRewrite(GradientRule):
+        pass
+
+    with pytest.raises(TypeError, match="abstract method"):
+        NoRewrite()

@@ -52,6 +52,10 @@ class Consolidation(abc.ABC):
     eager code between fits (`end_task`), which writes every replica's copy
     under `tf.distribute`. `penalty(model)` is traced into the train step.
 
+    A consolidation registered by name (`cl_zoo.consolidation.registry`)
+    also defines the classmethod `from_config(config)`: itself, built from
+    a run's `RunConfig`; `register` refuses a class without it.
+
     Args:
         strength: the penalty's weight (lambda).
     """
@@ -76,14 +80,6 @@ class Consolidation(abc.ABC):
         self.strength = float(strength)
         self.built = False
         self.state = {}
-
-    @classmethod
-    def from_config(cls, config):
-        """The consolidation a run of `config` (a `RunConfig`) uses."""
-        raise NotImplementedError(
-            f"{cls.__name__} does not say how to build it from a run's "
-            "config."
-        )
 
     def build(self, model):
         """Creates the state for `model.shared_trainable_variables()`."""

@@ -21,6 +21,12 @@ def register(name):
     def wrap(cls):
         if name in _CONSOLIDATIONS:
             raise ValueError(f"Consolidation {name!r} is registered twice.")
+        if not callable(getattr(cls, "from_config", None)):
+            raise TypeError(
+                f"Consolidation {name!r} ({cls.__name__}) needs a "
+                "classmethod from_config(config): runs build it from their "
+                "config."
+            )
         cls.name = name
         _CONSOLIDATIONS[name] = cls
         return cls
